@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_dpo.py --quick     # < 3 min on 2 cores
     .venv/bin/python benchmarks/bench_dpo.py             # < 15 min
+    .venv/bin/python benchmarks/bench_dpo.py --steps 8 --trl-random   # + TRL's own random order (~24 min)
 
 Everything is built offline from a seed: a Llama-style model (hidden 512, 8 layers, vocab
 32k, tied embeddings, ~44M parameters) saved twice (policy seed 0, reference seed 1, so the
@@ -304,13 +305,34 @@ def run_worker(kind: str, spec: dict, tmp: Path, timeout: float = 1200) -> dict:
     return json.loads(out_path.read_text())
 
 
+def busy_cores(seconds: float = 2.0) -> float:
+    """Cores in use by other work right now (from /proc/stat; the 1-minute load average lags by
+    minutes, e.g. after a previous benchmark). Falls back to the load average elsewhere."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+
+    try:
+        t0, i0 = snap()
+        time.sleep(seconds)
+        t1, i1 = snap()
+        return (os.cpu_count() or 1) * (1 - (i1 - i0) / max(1, t1 - t0))
+    except OSError:
+        return os.getloadavg()[0]
+
+
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def fmt_table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(h) for h in headers]] + [[c if isinstance(c, str) else f"{c:,.3g}" if isinstance(c, float)
-                                            else str(c) for c in r] for r in rows]
+    def fmt(c):
+        if isinstance(c, float):
+            return f"{c:,.0f}" if abs(c) >= 1000 else f"{c:.3g}"
+        return str(c)
+
+    cells = [[str(h) for h in headers]] + [[fmt(c) for c in r] for r in rows]
     w = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     line = lambda r: "| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |"  # noqa: E731
     return "\n".join([line(cells[0]), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(r) for r in cells[1:]])
@@ -319,12 +341,16 @@ def fmt_table(headers: list[str], rows: list[list]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps and variants (< 3 min on 2 cores)")
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 8, quick 4)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 6, quick 4)")
     ap.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 8, quick 4)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="where to write results (default benchmarks/results/...)")
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--trl-random", action="store_true",
+                    help="also run TRL in its default random order (more padding per batch; ~7 min more)")
+    ap.add_argument("--drift-check", action="store_true",
+                    help="repeat the first preftune run at the end (automatic when the machine is busy at the start)")
     ap.add_argument("--worker", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
@@ -333,11 +359,15 @@ def main(argv: list[str] | None = None) -> int:
         Path(out_path).write_text(json.dumps(res))
         return 0
 
-    steps = a.steps or (4 if a.quick else 8)
+    steps = a.steps or (4 if a.quick else 6)
     B = a.batch_size or (4 if a.quick else 8)
     vocab, hidden, layers = 32_000, 512, 8
     started = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     load_start = load_average()
+    busy_start = busy_cores()
     tmp_ctx = tempfile.TemporaryDirectory(prefix="preftune-bench-")
     tmp = Path(tmp_ctx.name)
     assets = build_assets(tmp, vocab_size=vocab, hidden=hidden, layers=layers, n_pairs=steps * B, seed=a.seed)
@@ -370,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             return {"error": str(e)[-2000:]}
 
     results: dict = {"command": " ".join(["benchmarks/bench_dpo.py"] + (argv if argv is not None else sys.argv[1:])),
-                     "machine": {"cpus": os.cpu_count(), "threads": a.threads, "load_avg_start": load_start},
+                     "machine": {"cpus": os.cpu_count(), "threads": a.threads, "load_avg_start": load_start,
+                                 "busy_cores_start": busy_start},
                      "model": {"vocab": vocab, "hidden": hidden, "layers": layers, "params": assets["params"]},
                      "data": shape, "batch_size": B, "steps": steps}
 
@@ -382,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  running TRL DPOTrainer (same batches) ...", flush=True)
         head["trl"] = run_worker("trl", {**base, "order": order, "sampling": "sequential",
                                          "out": str(tmp / "run-trl")}, tmp)
-        if not a.quick:
+        if a.trl_random:
             print("  running TRL DPOTrainer (its default random order) ...", flush=True)
             head["trl, random order (its default)"] = run_worker(
                 "trl", {**base, "order": order, "sampling": "random", "out": str(tmp / "run-trl-random")}, tmp)
@@ -395,9 +426,13 @@ def main(argv: list[str] | None = None) -> int:
                 "torch.compile decoder layers": {"compile": True}}
     if a.quick:
         variants = {k: v for k, v in variants.items() if k in ("padded layout",)}
-    abl = {"recommended (packed, grouped, chunked, ref model)": head["preftune"]}
+    abl = {"recommended = default (packed, grouped, chunked, ref model)": head["preftune"]}
     for name, over in variants.items():
         abl[name] = ablation(name.split(" (")[0].replace(" ", "_").replace(".", ""), **over)
+    if a.drift_check or (not a.quick and busy_start > 0.25):
+        # Other jobs on the machine at the start: the first run again; if their load changed meanwhile,
+        # this row shows it (on a quiet machine the two agreed within 1%, docs/benchmarks.md).
+        abl["recommended again (load drift check)"] = ablation("recommended_again")
     results["ablations"] = abl
 
     # 3. large vocabulary: peak memory of log-probs -----------------------------------------
@@ -423,7 +458,8 @@ def report(res: dict) -> str:
     out = []
     m, d = res["machine"], res["data"]
     out.append(f"\nmachine: {m['cpus']} CPUs, {m['threads']} torch threads; load average (1/5/15 min) "
-               f"{m['load_avg_start']} at start, {m['load_avg_end']} at end; total {res['seconds']:.0f}s")
+               f"{m['load_avg_start']} at start, {m['load_avg_end']} at end; cores busy with other work at start "
+               f"{m.get('busy_cores_start', float('nan')):.2f}; total {res['seconds']:.0f}s")
     out.append(f"model: Llama-style, {res['model']['params'] / 1e6:.1f}M params (hidden {res['model']['hidden']}, "
                f"{res['model']['layers']} layers, vocab {res['model']['vocab']}); fp32, DPO beta 0.1, reference model")
     out.append(f"data: {d['pairs']} pairs, prompt mean {d['prompt_tokens_mean']:.0f} (max {d['prompt_max']}), "

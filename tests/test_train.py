@@ -247,3 +247,60 @@ def test_wpo_gets_log_sum_sq_probs_equal_to_full_softmax():
     want[:, 1:] = torch.log((p[:, :-1] ** 2).sum(-1))  # position t is predicted from t-1
     assert torch.allclose(got, want * batch.seq_mask, atol=1e-5)
     assert bool((got[~batch.seq_mask] == 0).all())
+
+
+def test_default_layout_is_packed_for_pairs_and_trains_like_padded(tiny_dir, data_file, tmp_path):
+    """layout=auto packs pairs (the fastest layout, docs/benchmarks.md); the losses it trains to are the
+    padded layout's, step by step, up to float summation order."""
+    auto = train(_cfg(tiny_dir, data_file, tmp_path / "auto", max_steps=4, group_by_length=True))
+    padded = train(_cfg(tiny_dir, data_file, tmp_path / "padded", max_steps=4, group_by_length=True,
+                        layout="padded"))
+    assert TrainConfig(model="m", data="d", output="o").layout == "auto"
+    for a, p in zip(auto.history, padded.history):
+        assert a["loss"] == pytest.approx(p["loss"], rel=1e-5, abs=1e-6)
+        assert a["rewards/margins"] == pytest.approx(p["rewards/margins"], rel=1e-4, abs=1e-5)
+    assert auto.history[-1]["loss"] != pytest.approx(auto.history[0]["loss"], abs=1e-4)  # it did train
+
+
+def test_bco_udm_weights_undesirable_examples_by_a_prompt_density_ratio(tiny_dir, tmp_path):
+    """P56 eq. 12 through the trainer: prompts of desirable examples (a < 5) and of undesirable ones
+    (a >= 5) differ, so the fitted ratio p_D(x)/p_U(x) is > 1 on the former and < 1 on the latter;
+    at step 1 (policy = reference, r = 0, shift none) the loss is log 2 * (n_D + sum_U clip(w)) / n."""
+    from conftest import arithmetic_rows
+
+    from preftune.train import Callback
+
+    rows = [{"prompt": r["prompt"], "completion": r["chosen"], "label": int(r["prompt"][0]) < 5}
+            for r in arithmetic_rows(16, seed=5)]
+    assert 4 <= sum(r["label"] for r in rows) <= 12
+    data = _write_jsonl(tmp_path / "unpaired.jsonl", rows)
+    seen = {}
+
+    class Grab(Callback):
+        def on_train_start(self, state):
+            seen["items"] = list(state.probe)
+
+    res = train(_cfg(tiny_dir, data, tmp_path / "b", loss="bco", batch_size=16, max_steps=2,
+                     loss_params={"beta": 0.5, "udm": True, "shift": "none"}), callbacks=[Grab()])
+    items = seen["items"]
+    assert len(items) == 16
+    w = {tuple(it.prompt_ids): it.extras["density_ratio"] for it in items}
+    des = [math.log(w[tuple(it.prompt_ids)]) for it in items if it.label]
+    und = [math.log(w[tuple(it.prompt_ids)]) for it in items if not it.label]
+    assert sum(des) / len(des) > 0 > sum(und) / len(und)
+    clip = [min(max(w[tuple(it.prompt_ids)], 0.5), 10.0) for it in items if not it.label]
+    assert res.history[0]["loss"] == pytest.approx(math.log(2) * (len(des) + sum(clip)) / 16, rel=1e-5)
+    plain = train(_cfg(tiny_dir, data, tmp_path / "p", loss="bco", batch_size=16, max_steps=1,
+                       loss_params={"beta": 0.5, "shift": "none"}))
+    assert plain.history[0]["loss"] == pytest.approx(math.log(2), rel=1e-5)
+
+
+def test_bco_udm_needs_both_labels_and_a_reference_model(tiny_dir, tmp_path):
+    rows = [{"prompt": "1+2=", "completion": "3", "label": True}, {"prompt": "2+2=", "completion": "4", "label": True}]
+    data = _write_jsonl(tmp_path / "u.jsonl", rows)
+    with pytest.raises(ConfigError, match="has only desirable ones"):
+        train(_cfg(tiny_dir, data, tmp_path / "b", loss="bco", loss_params={"udm": True}))
+    rows.append({"prompt": "3+2=", "completion": "4", "label": False})
+    data = _write_jsonl(tmp_path / "u.jsonl", rows)
+    with pytest.raises(ConfigError, match="embeds prompts with the reference model.*use --ref model"):
+        train(_cfg(tiny_dir, data, tmp_path / "c", loss="bco", loss_params={"udm": True}, ref="precomputed"))

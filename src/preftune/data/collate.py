@@ -56,7 +56,7 @@ def collate_unpaired(examples: Sequence[TokenizedUnpaired], pad_id: int,
                      pad_to_multiple_of: int | None = None) -> SequenceBatch:
     ids, attn, resp = _pad_rows([e.prompt_ids for e in examples], [e.completion_ids for e in examples],
                                 pad_id, pad_to_multiple_of)
-    extras = _extras(examples, ("weight",))
+    extras = _extras(examples, ("weight", "density_ratio"))
     extras["label"] = torch.tensor([float(e.label) for e in examples])
     return SequenceBatch(ids, attn, torch.arange(ids.shape[0]), resp, None, "unpaired", extras,
                          [e.row for e in examples])

@@ -63,6 +63,6 @@ def collate_unpaired_packed(examples: Sequence[TokenizedUnpaired], pad_id: int, 
 
     units = [(e.prompt_ids, [(i, e.completion_ids)]) for i, e in enumerate(examples)]
     ids, mask, pos, seq_row, seq_mask = _pack(units, len(examples), pad_id, max_row_tokens, pad_to_multiple_of)
-    extras = _extras(examples, ("weight",))
+    extras = _extras(examples, ("weight", "density_ratio"))
     extras["label"] = torch.tensor([float(e.label) for e in examples])
     return SequenceBatch(ids, mask, seq_row, seq_mask, pos, "unpaired", extras, [e.row for e in examples])

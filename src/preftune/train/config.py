@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import ConfigError
 
 REF_SOURCES = ("auto", "model", "adapter", "precomputed", "none")
-LAYOUTS = ("padded", "prefix_shared", "packed")
+LAYOUTS = ("auto", "padded", "prefix_shared", "packed")
 SCHEDULES = ("linear", "cosine", "constant")
 
 
@@ -62,7 +62,7 @@ class TrainConfig:
     max_prompt_length: int | None = 512
     truncation: str = "keep_end"    # prompt truncation: keep its end (closest to the answer)
     on_bad_row: str = "error"
-    layout: str = "padded"
+    layout: str = "auto"            # packed for paired data (fastest, docs/benchmarks.md), else padded
     group_by_length: bool = True
     chunk_size: int = 1024
     # evaluation, logging, checkpoints ---------------------------------------------------

@@ -27,7 +27,7 @@ from ..objectives.base import Objective
 from .callbacks import Callback, TrainState
 from .checkpoint import TrainerPosition, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .needs import DATA_COLUMNS, check_supported, supply
+from .needs import DATA_COLUMNS, attach_density_ratios, check_supported, supply
 from .stats import batch_stats
 
 
@@ -73,6 +73,8 @@ def collator_for(kind: str, layout: str, pad_id: int) -> Callable[[Sequence[Any]
 def _collator(kind: str, layout: str, pad_id: int) -> Callable[[Sequence[Any]], SequenceBatch]:
     from ..data import collate
 
+    if layout == "auto":
+        layout = "packed" if kind == "pair" else "padded"
     if kind == "pair":
         if layout == "padded":
             return lambda ex: collate.collate_pairs(ex, pad_id)
@@ -332,6 +334,10 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
     collate = collator_for(kind, cfg.layout, pad_id)
     reference = _make_reference(cfg, objective, model, items, collate, device, model_given)
     check_supported(objective, reference)
+    udm = attach_density_ratios(objective, reference, items, eval_items, pad_id, device)
+    if udm:
+        print(f"preftune: density ratios (BCO UDM) over {udm['prompts']} prompts: min {udm['min']:.3g}, "
+              f"mean {udm['mean']:.3g}, max {udm['max']:.3g}")
 
     # schedule ---------------------------------------------------------------------------
     per_epoch = math.ceil(len(items) / cfg.batch_size)
@@ -508,8 +514,8 @@ def _is_oom(err: BaseException) -> bool:
 def _oom_message(cfg: TrainConfig) -> str:
     return (f"out of memory at batch_size={cfg.batch_size}, max_length={cfg.max_length}. To reduce memory: "
             "lower --batch-size and raise --grad-accum, lower --max-length, --gradient-checkpointing, "
-            "--lora-r 16 with --ref adapter, --ref precomputed, --dtype bf16, --layout prefix_shared, "
-            "or a smaller --chunk-size")
+            "--lora-r 16 with --ref adapter, --ref precomputed, --dtype bf16, "
+            + ("--layout packed, " if cfg.layout == "padded" else "") + "or a smaller --chunk-size")
 
 
 @torch.no_grad()
@@ -617,5 +623,5 @@ def _reporters(cfg: TrainConfig, out: Path) -> list[Callback]:
     cbs: list[Callback] = []
     if cfg.report_to:
         from .reporting import make_reporters
-        cbs += make_reporters(cfg.report_to, out)
+        cbs += make_reporters(cfg.report_to, out, cfg.to_dict())
     return cbs

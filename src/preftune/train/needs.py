@@ -11,6 +11,12 @@ can compute. Each supplier below adds fields or ``extras`` to the stats of one m
   activations (:func:`preftune.objectives.token_level.activation_mask`);
 * ``log_sum_sq_probs`` (WPO's aligned weight): ``log sum_v p(v)^2`` of the policy at every response
   position, without gradient, the LM head applied in chunks so full logits never exist;
+* ``density_ratio`` (BCO's UDM, P56 sec. 4.2): once, before training, every prompt is embedded by the
+  *reference* model (mean of its last-layer hidden states over the prompt tokens; the paper uses a
+  separate sentence-embedding model), a logistic-regression classifier separates the prompts of
+  desirable from undesirable examples (:func:`preftune.objectives.unpaired.fit_density_ratio`), and
+  each example gets ``extras['density_ratio']`` (:func:`attach_density_ratios`). The reference does
+  not change during training, so a resumed run gets the same weights;
 * ``token_logps``, ``chosen_lengths`` and the data columns are filled by the stats builder itself.
 """
 from __future__ import annotations
@@ -27,7 +33,7 @@ from ..models.logprobs import sequence_logps
 
 DATA_COLUMNS = ("margin", "score_chosen", "score_rejected", "weight")
 SUPPLIED = frozenset({"token_logps", "chosen_lengths", "kl_pairs", "degraded", "sparse_reference_masks",
-                      "log_sum_sq_probs", *DATA_COLUMNS})
+                      "log_sum_sq_probs", "density_ratio", *DATA_COLUMNS})
 
 
 def check_supported(objective: Any, reference: Any = None) -> None:
@@ -43,6 +49,9 @@ def check_supported(objective: Any, reference: Any = None) -> None:
         raise ConfigError(f"objective '{objective.name}' derives token masks from the reference model's "
                           f"activations; the reference source '{reference.kind}' has none: use --ref model "
                           "(or adapter under LoRA)")
+    if "density_ratio" in objective.needs and reference is not None and not hasattr(reference, "hidden_states"):
+        raise ConfigError(f"objective '{objective.name}' (udm) embeds prompts with the reference model; the "
+                          f"reference source '{reference.kind}' has no model: use --ref model (or adapter under LoRA)")
 
 
 def mismatched(items: Sequence[Any]) -> list[Any]:
@@ -131,3 +140,44 @@ def supply(objective: Any, stats: Any, *, model: Any, reference: Any, batch: Seq
         B = batch.num_examples
         stats.extras["chosen_reward_mask"] = masks[:B]
         stats.extras["rejected_reward_mask"] = masks[B:]
+
+
+@torch.no_grad()
+def prompt_embeddings(reference: Any, prompts: Sequence[Sequence[int]], pad_id: int, device: Any,
+                      batch_size: int = 32) -> torch.Tensor:
+    """``[N, H]``: the reference model's last-layer hidden states averaged over each prompt's tokens."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = [list(p) for p in prompts[i:i + batch_size]]
+        # a one-token stand-in response: the collate wants one; its state is not pooled
+        batch = collate_unpaired([TokenizedUnpaired(p, p[-1:] or [pad_id], True) for p in chunk], pad_id).to(device)
+        last = reference.hidden_states(batch)[-1]  # shifted: position t + 1 holds the state of token t
+        out += [last[r, 1:len(p) + 1].float().mean(0).cpu() for r, p in enumerate(chunk)]
+    return torch.stack(out)
+
+
+def attach_density_ratios(objective: Any, reference: Any, train_items: Sequence[Any],
+                          other_items: Sequence[Any], pad_id: int, device: Any) -> dict[str, float] | None:
+    """BCO's UDM weights (P56 eq. 12): fit the prompt classifier on the training examples and write
+    ``extras['density_ratio'] = p_D(x) / p_U(x)`` into every training and ``other`` (eval) example.
+    Returns a summary for the run info, or None when the objective does not need it."""
+    if "density_ratio" not in objective.needs:
+        return None
+    from ..objectives.unpaired import fit_density_ratio
+
+    labels = [bool(it.label) for it in train_items]
+    if all(labels) or not any(labels):
+        raise ConfigError(f"objective '{objective.name}' with udm=True fits a classifier between the prompts of "
+                          "desirable and undesirable examples; the training data has only "
+                          f"{'desirable' if all(labels) else 'undesirable'} ones")
+    everything = list(train_items) + list(other_items)
+    keys = list(dict.fromkeys(tuple(it.prompt_ids) for it in everything))
+    index = {k: i for i, k in enumerate(keys)}
+    emb = prompt_embeddings(reference, keys, pad_id, device)
+    train_emb = emb[[index[tuple(it.prompt_ids)] for it in train_items]]
+    lab = torch.tensor(labels)
+    ratio = fit_density_ratio(train_emb[lab], train_emb[~lab])(emb)
+    for it in everything:
+        it.extras["density_ratio"] = float(ratio[index[tuple(it.prompt_ids)]])
+    r = torch.tensor([it.extras["density_ratio"] for it in train_items])
+    return {"prompts": len(keys), "min": float(r.min()), "mean": float(r.mean()), "max": float(r.max())}
