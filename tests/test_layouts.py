@@ -112,3 +112,27 @@ def test_unsupported_attention_is_refused():
     m.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="sdpa"):
         sequence_logps(m, collate_pairs_prefix_shared(_pairs(2), 0))
+
+
+def _per_sequence(values, batch):
+    """Each sequence's values at its response positions, in order (layout-independent)."""
+    return [values[s][batch.seq_mask[s]] for s in range(batch.seq_mask.shape[0])]
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_token_level_needs_match_padded(model, layout):
+    """WPO's log-sum-sq-probs and SparsePO's reference-activation masks read each label's context off the
+    mask, so block layouts (where the first rejected token is predicted from the prompt's end, not from
+    the token before it in the row) give the padded layout's values."""
+    from preftune.objectives.token_level import activation_mask
+    from preftune.reference import FrozenModel
+    from preftune.train.needs import log_sum_sq_probs
+
+    ex = _pairs(min_prompt=1)
+    padded, other = collate_pairs(ex, 0), LAYOUTS[layout](ex, 0)
+    ref = FrozenModel.copy_of(model)  # a copy: the module's model must keep its gradients
+    for fn in (lambda b: log_sum_sq_probs(model, b, chunk_size=5),
+               lambda b: activation_mask([h[b.seq_row] for h in ref.hidden_states(b)], b.seq_mask)):
+        want, got = _per_sequence(fn(padded), padded), _per_sequence(fn(other), other)
+        for w, g in zip(want, got):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)

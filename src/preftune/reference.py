@@ -22,18 +22,23 @@ import torch
 from .data.types import SequenceBatch
 from .errors import ConfigError
 from .models.loading import unwrap
-from .models.logprobs import SeqLogps, sequence_logps
+from .models.logprobs import SeqLogps, _model_inputs, label_sources, sequence_logps
 
 
 @torch.no_grad()
 def aligned_hidden_states(model: Any, batch: SequenceBatch) -> list[torch.Tensor]:
-    """Per decoder layer ``[R, T, H]``, shifted so that position t holds the state that predicts token t."""
-    kw: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                          "output_hidden_states": True, "use_cache": False}
-    if batch.position_ids is not None:
-        kw["position_ids"] = batch.position_ids
+    """Per decoder layer ``[R, T, H]``, aligned so that position t holds the state that predicts token t
+    (t - 1 in a padded row; in block layouts a label's source from the mask, e.g. the prompt's last
+    token for the first rejected token)."""
+    kw = {**_model_inputs(batch, model), "output_hidden_states": True}
     hs = unwrap(model).get_decoder()(**kw).hidden_states[1:]
-    return [torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1) for h in hs]
+    r, t, src = label_sources(batch)
+    out = []
+    for h in hs:
+        a = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+        a[r, t] = h[r, src]
+        out.append(a)
+    return out
 
 
 class ReferenceSource:

@@ -87,26 +87,23 @@ def degraded_batch(objective: Any, items: Sequence[Any], pad_id: int, generator:
 
 @torch.no_grad()
 def log_sum_sq_probs(model: Any, batch: SequenceBatch, chunk_size: int = 1024) -> torch.Tensor:
-    """``[S, T]``: ``log sum_v p(v | x_<t)^2`` at each response position of each sequence, 0 elsewhere."""
+    """``[S, T]``: ``log sum_v p(v | context)^2`` at each response position of each sequence, 0 elsewhere
+    (any layout: each label's context is read off the batch's mask)."""
     from ..models.loading import unwrap
+    from ..models.logprobs import _model_inputs, label_sources
 
     base = unwrap(model)
-    kw: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-    if batch.position_ids is not None:
-        kw["position_ids"] = batch.position_ids
-    hidden = base.get_decoder()(**kw).last_hidden_state
+    hidden = base.get_decoder()(**_model_inputs(batch, model)).last_hidden_state
     head = base.get_output_embeddings()
-    S, T = batch.seq_mask.shape
-    s_idx, t_idx = batch.seq_mask.nonzero(as_tuple=True)
-    h = hidden[batch.seq_row[s_idx], t_idx - 1]
-    vals = []
-    for i in range(0, h.shape[0], chunk_size):
-        lp = torch.log_softmax(head(h[i:i + chunk_size]).float(), dim=-1)
-        vals.append(torch.logsumexp(2 * lp, dim=-1))
-    out = torch.zeros(S, T, dtype=torch.float32, device=hidden.device)
+    r, t, src = label_sources(batch)
+    h = hidden[r, src]
+    vals = [torch.logsumexp(2 * torch.log_softmax(head(h[i:i + chunk_size]).float(), dim=-1), dim=-1)
+            for i in range(0, h.shape[0], chunk_size)]
+    R, T = batch.input_ids.shape
+    rows = torch.zeros(R, T, dtype=torch.float32, device=hidden.device)
     if vals:
-        out[s_idx, t_idx] = torch.cat(vals)
-    return out
+        rows[r, t] = torch.cat(vals)
+    return rows[batch.seq_row] * batch.seq_mask
 
 
 def supply(objective: Any, stats: Any, *, model: Any, reference: Any, batch: SequenceBatch, items: Sequence[Any],
