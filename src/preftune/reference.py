@@ -41,6 +41,24 @@ def aligned_hidden_states(model: Any, batch: SequenceBatch) -> list[torch.Tensor
     return out
 
 
+def label_states(model: Any, batch: SequenceBatch) -> torch.Tensor:
+    """``[N, H]``: the final (normed) hidden state that predicts each label, in ``label_sources`` order."""
+    r, _, src = label_sources(batch)
+    return unwrap(model).get_decoder()(**_model_inputs(batch, model)).last_hidden_state[r, src]
+
+
+def frozen_head(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's output head as float logits (soft-capped where the model does), on its *base* weights
+    when peft wraps the head in LoRA -- i.e. the reference's head under ``disable_adapter``."""
+    base = unwrap(model)
+    head = base.get_output_embeddings()
+    head = getattr(head, "base_layer", head)
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    if cap:
+        return lambda h: torch.tanh(head(h).float() / cap) * cap
+    return lambda h: head(h).float()
+
+
 class ReferenceSource:
     kind = "abstract"
     supports_per_token = True
@@ -81,6 +99,13 @@ class FrozenModel(ReferenceSource):
     def hidden_states(self, batch: SequenceBatch) -> list[torch.Tensor]:
         return aligned_hidden_states(self.model, batch)
 
+    @torch.no_grad()
+    def label_states(self, batch: SequenceBatch) -> torch.Tensor:
+        return label_states(self.model, batch)
+
+    def output_head(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return frozen_head(self.model)
+
     def describe(self) -> str:
         return f"frozen model {self.name}".strip()
 
@@ -113,6 +138,19 @@ class AdapterDisabled(ReferenceSource):
                 return aligned_hidden_states(self.model, batch)
         finally:
             self.model.train(was_training)
+
+    @torch.no_grad()
+    def label_states(self, batch: SequenceBatch) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter():
+                return label_states(self.model, batch)
+        finally:
+            self.model.train(was_training)
+
+    def output_head(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return frozen_head(self.model)
 
 
 class Precomputed(ReferenceSource):

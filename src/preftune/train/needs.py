@@ -11,6 +11,11 @@ can compute. Each supplier below adds fields or ``extras`` to the stats of one m
   activations (:func:`preftune.objectives.token_level.activation_mask`);
 * ``log_sum_sq_probs`` (WPO's aligned weight): ``log sum_v p(v)^2`` of the policy at every response
   position, without gradient, the LM head applied in chunks so full logits never exist;
+* ``token_kl`` (SparsePO's sequential KL term, P25 eq. 8, as TDPO): ``KL(pi_ref(.|ctx) || pi(.|ctx))``
+  over the whole vocabulary at every response position, with gradient through the policy: one more
+  policy forward (the summed log-probs' forward does not keep the final hidden states), the reference's
+  final hidden states, and both heads applied in checkpointed chunks so no ``[tokens, vocab]`` tensor
+  outlives its chunk (:func:`token_kl`);
 * ``density_ratio`` (BCO's UDM, P56 sec. 4.2): once, before training, every prompt is embedded by the
   *reference* model (mean of its last-layer hidden states over the prompt tokens; the paper uses a
   separate sentence-embedding model), a logistic-regression classifier separates the prompts of
@@ -33,7 +38,7 @@ from ..models.logprobs import sequence_logps
 
 DATA_COLUMNS = ("margin", "score_chosen", "score_rejected", "weight")
 SUPPLIED = frozenset({"token_logps", "chosen_lengths", "kl_pairs", "degraded", "sparse_reference_masks",
-                      "log_sum_sq_probs", "density_ratio", *DATA_COLUMNS})
+                      "log_sum_sq_probs", "density_ratio", "token_kl", *DATA_COLUMNS})
 
 
 def check_supported(objective: Any, reference: Any = None) -> None:
@@ -48,6 +53,10 @@ def check_supported(objective: Any, reference: Any = None) -> None:
             and not hasattr(reference, "hidden_states"):
         raise ConfigError(f"objective '{objective.name}' derives token masks from the reference model's "
                           f"activations; the reference source '{reference.kind}' has none: use --ref model "
+                          "(or adapter under LoRA)")
+    if "token_kl" in objective.needs and reference is not None and not hasattr(reference, "label_states"):
+        raise ConfigError(f"objective '{objective.name}' needs the reference's distribution over the vocabulary "
+                          f"at every token; the reference source '{reference.kind}' has no model: use --ref model "
                           "(or adapter under LoRA)")
     if "density_ratio" in objective.needs and reference is not None and not hasattr(reference, "hidden_states"):
         raise ConfigError(f"objective '{objective.name}' (udm) embeds prompts with the reference model; the "
@@ -106,6 +115,38 @@ def log_sum_sq_probs(model: Any, batch: SequenceBatch, chunk_size: int = 1024) -
     return rows[batch.seq_row] * batch.seq_mask
 
 
+def _kl_chunk(pol_head: Callable, ref_head: Callable, hp: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    lp = torch.log_softmax(pol_head(hp), dim=-1)
+    with torch.no_grad():
+        lr = torch.log_softmax(ref_head(hr), dim=-1)
+    return (lr.exp() * (lr - lp)).sum(-1)
+
+
+def token_kl(model: Any, reference: Any, batch: SequenceBatch, chunk_size: int = 1024) -> torch.Tensor:
+    """``[S, T]``: ``KL(pi_ref(.|ctx) || pi(.|ctx))`` at each response position of each sequence, 0 elsewhere;
+    differentiable in the policy. Chunks of ``chunk_size`` positions are checkpointed, so their logits are
+    recomputed in backward instead of kept."""
+    from torch.utils.checkpoint import checkpoint
+
+    from ..models.logprobs import _head_fn, label_sources
+    from ..reference import label_states
+
+    r, t, _ = label_sources(batch)
+    hp = label_states(model, batch)
+    hr = reference.label_states(batch)
+    pol_head, ref_head = _head_fn(model), reference.output_head()
+    grad = torch.is_grad_enabled() and hp.requires_grad
+    vals = [checkpoint(_kl_chunk, pol_head, ref_head, hp[i:i + chunk_size], hr[i:i + chunk_size],
+                       use_reentrant=False) if grad else _kl_chunk(pol_head, ref_head, hp[i:i + chunk_size],
+                                                                   hr[i:i + chunk_size])
+            for i in range(0, hp.shape[0], chunk_size)]
+    R, T = batch.input_ids.shape
+    rows = torch.zeros(R, T, dtype=torch.float32, device=hp.device)
+    if vals:
+        rows = rows.index_put((r, t), torch.cat(vals))
+    return rows[batch.seq_row] * batch.seq_mask
+
+
 def supply(objective: Any, stats: Any, *, model: Any, reference: Any, batch: SequenceBatch, items: Sequence[Any],
            collate: Callable[[Sequence[Any]], SequenceBatch], pad_id: int, chunk_size: int,
            generator: torch.Generator) -> None:
@@ -129,6 +170,11 @@ def supply(objective: Any, stats: Any, *, model: Any, reference: Any, batch: Seq
         B = batch.num_examples
         stats.extras["chosen_log_sum_sq_probs"] = lss[:B]
         stats.extras["rejected_log_sum_sq_probs"] = lss[B:]
+    if "token_kl" in needs:
+        kl = token_kl(model, reference, batch, chunk_size)
+        B = batch.num_examples
+        stats.extras["chosen_token_kl"] = kl[:B]
+        stats.extras["rejected_token_kl"] = kl[B:]
     if "sparse_reference_masks" in needs:
         from ..objectives.token_level import activation_mask
 
