@@ -11,11 +11,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -120,34 +121,30 @@ class AdapterDisabled(ReferenceSource):
             raise ConfigError("ref='adapter' needs a LoRA (peft) policy; set lora_r > 0")
         self.model, self.chunk_size = peft_model, chunk_size
 
-    @torch.no_grad()
-    def logps(self, batch: SequenceBatch, *, per_token: bool = False) -> SeqLogps:
+    @contextlib.contextmanager
+    def _base(self) -> Iterator[Any]:
+        """The base model: adapters off, eval mode (no dropout); the policy's mode is restored after."""
         was_training = self.model.training
         self.model.eval()
         try:
             with self.model.disable_adapter():
-                return sequence_logps(self.model, batch, per_token=per_token, chunk_size=self.chunk_size)
+                yield self.model
         finally:
             self.model.train(was_training)
 
+    @torch.no_grad()
+    def logps(self, batch: SequenceBatch, *, per_token: bool = False) -> SeqLogps:
+        with self._base() as m:
+            return sequence_logps(m, batch, per_token=per_token, chunk_size=self.chunk_size)
+
     def hidden_states(self, batch: SequenceBatch) -> list[torch.Tensor]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.model.disable_adapter():
-                return aligned_hidden_states(self.model, batch)
-        finally:
-            self.model.train(was_training)
+        with self._base() as m:
+            return aligned_hidden_states(m, batch)
 
     @torch.no_grad()
     def label_states(self, batch: SequenceBatch) -> torch.Tensor:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.model.disable_adapter():
-                return label_states(self.model, batch)
-        finally:
-            self.model.train(was_training)
+        with self._base() as m:
+            return label_states(m, batch)
 
     def output_head(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return frozen_head(self.model)
