@@ -137,9 +137,37 @@ def test_kto_on_unpaired_data_uses_mismatched_kl_pairs(tiny_dir, tmp_path, pair_
     assert ev["rewards/chosen"] - ev["rewards/rejected"] > 0.5  # desirable rewards rise above undesirable ones
 
 
-def test_objective_needing_unsupplied_stats_is_refused_up_front(tiny_dir, data_file, tmp_path):
-    with pytest.raises(ConfigError, match="needs sparse_learned_masks, which `preftune train` does not compute yet"):
-        train(_cfg(tiny_dir, data_file, tmp_path / "sp", loss="sparse_po", loss_params={"mask": "learned"}))
+def test_objective_needing_unsupplied_stats_is_refused_up_front(tiny_dir, tmp_path):
+    rows = [{"prompt": f"{i}+1=", "completions": [f"{i + 1}", f"{i + 2}", f"{i}"], "scores": [1.0, 0.5, 0.0]}
+            for i in range(8)]
+    data = _write_jsonl(tmp_path / "ranked.jsonl", rows)
+    with pytest.raises(ConfigError, match="needs step_weights, which `preftune train` does not compute yet"):
+        train(_cfg(tiny_dir, data, tmp_path / "tpo", loss="tpo", loss_params={"step_rewards": True}))
+    assert not (tmp_path / "tpo" / "metrics.jsonl").exists()
+
+
+def test_sparse_po_learned_masks_train_checkpoint_and_resume_exactly(tiny_dir, data_file, tmp_path):
+    """P25's learned masks: the mask head is trained with the policy (its mask mean moves off the
+    init sigmoid(3)), saved in checkpoints and final/, and a resumed run repeats the losses bitwise."""
+    from safetensors.torch import load_file
+
+    kw = dict(loss="sparse_po", loss_params={"beta": 0.5, "mask": "learned", "kl_term": "sequential"},
+              max_steps=4, save_every=2, lr=2e-2)
+    full = train(_cfg(tiny_dir, data_file, tmp_path / "a", **kw))
+    assert full.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy = reference
+    assert full.history[0]["sparse/chosen_mask_mean"] == pytest.approx(1 / (1 + math.exp(-3)), abs=1e-5)
+    assert abs(full.history[-1]["sparse/chosen_mask_mean"] - full.history[0]["sparse/chosen_mask_mean"]) > 1e-4
+    head = load_file(str(tmp_path / "a" / "final" / "extra_modules.safetensors"))
+    assert set(head) == {"sparse_mask_head.proj.weight", "sparse_mask_head.proj.bias"}
+    assert float(head["sparse_mask_head.proj.weight"].abs().max()) > 0  # trained away from its zero init
+    run = tmp_path / "b"
+    train(_cfg(tiny_dir, data_file, run, **kw))
+    import shutil
+    shutil.rmtree(run / "checkpoints" / "step-4")
+    shutil.rmtree(run / "final")
+    assert (run / "checkpoints" / "step-2" / "extra_modules.safetensors").exists()
+    resumed = train(_cfg(tiny_dir, data_file, run, resume=True, **kw))
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
 
 
 def test_precomputed_reference_cannot_serve_token_level_objectives(tiny_dir, data_file, tmp_path):

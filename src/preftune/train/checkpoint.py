@@ -75,14 +75,25 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
 
 
+EXTRA_MODULES = "extra_modules.safetensors"
+
+
+def _has_params(modules: Any) -> bool:
+    return modules is not None and any(True for _ in modules.parameters())
+
+
 def save_checkpoint(run_dir: Path, position: TrainerPosition, model: Any, optimizer: Any, scheduler: Any,
-                    extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
+                    extra: dict[str, Any] | None = None, keep: int = 2, extra_modules: Any = None) -> Path:
+    """``extra_modules``: trainable modules beside the policy that some objectives need (e.g. SparsePO's
+    learned mask head), saved to ``extra_modules.safetensors``."""
     from safetensors.torch import save_file
 
     ckpt_root = Path(run_dir) / "checkpoints"
     target = ckpt_root / f"step-{position.step}"
     with atomic_path(target, is_dir=True) as tmp:
         save_file(trainable_state(model), str(tmp / "model.safetensors"))
+        if _has_params(extra_modules):
+            save_file(trainable_state(extra_modules), str(tmp / EXTRA_MODULES))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state()}, tmp / "trainer_state.pt")
         state = {"step": position.step, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
@@ -158,7 +169,8 @@ def latest_checkpoint(run_dir: Path, *, fallback: bool = False) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, extra_modules: Any = None
+                    ) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     verify_checkpoint(path)
@@ -167,6 +179,11 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> d
     if missing:
         raise CheckpointError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:3]}")
     model.load_state_dict(weights, strict=False)
+    if _has_params(extra_modules):
+        if not (path / EXTRA_MODULES).exists():
+            raise CheckpointError(f"checkpoint {path} has no {EXTRA_MODULES}, which this objective trains; was it "
+                                  "written by another run?")
+        extra_modules.load_state_dict(load_file(str(path / EXTRA_MODULES)))
     st = torch.load(path / "trainer_state.pt", weights_only=True)
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])

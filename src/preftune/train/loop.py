@@ -27,7 +27,7 @@ from ..objectives.base import Objective
 from .callbacks import Callback, TrainState
 from .checkpoint import TrainerPosition, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .needs import DATA_COLUMNS, attach_density_ratios, check_supported, supply
+from .needs import DATA_COLUMNS, attach_density_ratios, check_supported, need_modules, supply
 from .stats import batch_stats
 
 
@@ -133,11 +133,13 @@ def _needs_token_logps(obj: Objective) -> bool:
 def compute_loss(model: Any, reference: Any, objective: Objective, batch: SequenceBatch, *,
                  chunk_size: int = 1024, items: Sequence[Any] | None = None,
                  collate: Callable[[Sequence[Any]], SequenceBatch] | None = None, pad_id: int = 0,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+                 generator: torch.Generator | None = None, modules: Any = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
     """Forward policy (and reference), build stats, apply the objective. Returns mean loss, metrics, stats.
 
     ``items`` (the tokenized examples of ``batch``) and ``collate`` are needed only by objectives
-    whose ``needs`` go beyond summed log-probs (see :mod:`preftune.train.needs`).
+    whose ``needs`` go beyond summed log-probs (see :mod:`preftune.train.needs`); ``modules`` are the
+    trainable modules such objectives own (:func:`preftune.train.needs.need_modules`).
     """
     per_token = _needs_token_logps(objective)
     pol = sequence_logps(model, batch, per_token=per_token, chunk_size=chunk_size)
@@ -147,7 +149,8 @@ def compute_loss(model: Any, reference: Any, objective: Objective, batch: Sequen
         if items is None or collate is None:
             raise ValueError(f"objective '{objective.name}' needs {objective.needs}: pass items and collate")
         supply(objective, stats, model=model, reference=reference, batch=batch, items=items, collate=collate,
-               pad_id=pad_id, chunk_size=chunk_size, generator=generator or torch.Generator().manual_seed(0))
+               pad_id=pad_id, chunk_size=chunk_size, generator=generator or torch.Generator().manual_seed(0),
+               modules=modules)
     out = objective(stats)
     return out.loss.mean(), out.metrics, stats
 
@@ -344,7 +347,8 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
     updates_per_epoch = max(1, per_epoch // cfg.grad_accum)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * updates_per_epoch))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total)
-    params = [p for p in model.parameters() if p.requires_grad]
+    extra_modules = need_modules(objective, model).to(device)  # e.g. SparsePO's learned mask head
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_modules.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
                                   weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, warmup, total))
@@ -357,7 +361,7 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
             print(f"preftune: no checkpoint in {out}; starting from step 0")
         else:
             _check_same_run(out, cfg)
-            state = load_checkpoint(ck, model, optimizer, scheduler)
+            state = load_checkpoint(ck, model, optimizer, scheduler, extra_modules)
             start_step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
             print(f"preftune: resumed from {ck} (step {start_step})")
     _write_config(out, cfg, objective, reference, kind, len(items), len(eval_items), skipped, truncated, total)
@@ -414,7 +418,7 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
                 try:
                     loss, metrics, _ = compute_loss(model, reference, objective, batch, chunk_size=cfg.chunk_size,
                                                     items=chunk, collate=collate, pad_id=pad_id,
-                                                    generator=needs_rng)
+                                                    generator=needs_rng, modules=extra_modules)
                     (loss / cfg.grad_accum).backward()
                 except torch.OutOfMemoryError:
                     raise TrainingError(_oom_message(cfg)) from None
@@ -459,7 +463,7 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
                 if extra:
                     rec.update(extra)
             if cfg.eval_every and eval_items and (step % cfg.eval_every == 0 or step == total):
-                ev = evaluate(model, reference, objective, eval_items, collate, cfg, device)
+                ev = evaluate(model, reference, objective, eval_items, collate, cfg, device, extra_modules)
                 ev["step"] = step
                 eval_history.append(ev)
                 rec.update({f"eval/{k}": v for k, v in ev.items() if k != "step"})
@@ -474,21 +478,21 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
                             tok_s=f"{rec['tokens_per_second']:.0f}")
             position = TrainerPosition(step, last_pos[0], last_pos[1])
             if intr.requested:
-                save_checkpoint(out, position, model, optimizer, scheduler, keep=cfg.keep_checkpoints)
+                save_checkpoint(out, position, model, optimizer, scheduler, keep=cfg.keep_checkpoints, extra_modules=extra_modules)
                 print(f"\npreftune: {intr.requested} received; checkpoint saved at step {step}. "
                       f"Resume with: preftune train --config {out / 'config.yaml'} --resume")
                 interrupted = True
                 break
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                save_checkpoint(out, position, model, optimizer, scheduler, keep=cfg.keep_checkpoints)
+                save_checkpoint(out, position, model, optimizer, scheduler, keep=cfg.keep_checkpoints, extra_modules=extra_modules)
     bar.close()
 
     final_dir = None
     if not interrupted:
         if cfg.save_every:
             save_checkpoint(out, TrainerPosition(step, *last_pos), model, optimizer, scheduler,
-                            keep=cfg.keep_checkpoints)
-        final_dir = save_final(model, tokenizer, out / "final") if cfg.save_final else None
+                            keep=cfg.keep_checkpoints, extra_modules=extra_modules)
+        final_dir = save_final(model, tokenizer, out / "final", extra_modules) if cfg.save_final else None
         for cb in all_callbacks:
             extra = cb.on_train_end(state)
             if extra:
@@ -520,7 +524,7 @@ def _oom_message(cfg: TrainConfig) -> str:
 
 @torch.no_grad()
 def evaluate(model: Any, reference: Any, objective: Objective, items: Sequence[Any], collate: Callable,
-             cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+             cfg: TrainConfig, device: torch.device, modules: Any = None) -> dict[str, float]:
     """Mean loss and metrics of the objective over ``items`` (no gradient)."""
     was = model.training
     model.eval()
@@ -532,7 +536,7 @@ def evaluate(model: Any, reference: Any, objective: Objective, items: Sequence[A
         batch = collate(chunk).to(device)
         loss, metrics, _ = compute_loss(model, reference, objective, batch, chunk_size=cfg.chunk_size, items=chunk,
                                         collate=collate, pad_id=getattr(collate, "pad_id", 0),
-                                        generator=torch.Generator().manual_seed(cfg.seed))
+                                        generator=torch.Generator().manual_seed(cfg.seed), modules=modules)
         w = len(chunk)
         for k, v in {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}.items():
             tot[k] = tot.get(k, 0.0) + v * w
@@ -541,9 +545,10 @@ def evaluate(model: Any, reference: Any, objective: Objective, items: Sequence[A
     return {k: v / weight[k] for k, v in tot.items()}
 
 
-def save_final(model: Any, tokenizer: Any, target: Path) -> Path:
+def save_final(model: Any, tokenizer: Any, target: Path, extra_modules: Any = None) -> Path:
     """``save_pretrained`` (safetensors) + tokenizer, atomically. A LoRA policy is merged into
-    its base so that plain ``transformers`` loads ``final/``; the adapter is kept in ``final/adapter``."""
+    its base so that plain ``transformers`` loads ``final/``; the adapter is kept in ``final/adapter``.
+    Trainable modules beside the policy (``extra_modules``) go to ``extra_modules.safetensors``."""
     from ..models.loading import is_peft
 
     with atomic_path(target, is_dir=True) as tmp:
@@ -555,6 +560,10 @@ def save_final(model: Any, tokenizer: Any, target: Path) -> Path:
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if extra_modules is not None and any(True for _ in extra_modules.parameters()):
+            from safetensors.torch import save_file
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra_modules.state_dict().items()},
+                      str(tmp / "extra_modules.safetensors"))
     return target
 
 

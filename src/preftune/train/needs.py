@@ -16,6 +16,11 @@ can compute. Each supplier below adds fields or ``extras`` to the stats of one m
   policy forward (the summed log-probs' forward does not keep the final hidden states), the reference's
   final hidden states, and both heads applied in checkpointed chunks so no ``[tokens, vocab]`` tensor
   outlives its chunk (:func:`token_kl`);
+* ``sparse_learned_masks`` (SparsePO with ``mask='learned'``, P25 sec. 3.2): a
+  :class:`~preftune.objectives.token_level.SparseMaskHead` on the policy's final hidden states gives the
+  reward and KL masks. The head is a trainable module the trainer owns (:func:`need_modules`): it is
+  in the optimizer, in every checkpoint (``extra_modules.safetensors``) and in ``final/``. Costs one
+  more policy forward (the summed log-probs' forward does not keep the hidden states);
 * ``density_ratio`` (BCO's UDM, P56 sec. 4.2): once, before training, every prompt is embedded by the
   *reference* model (mean of its last-layer hidden states over the prompt tokens; the paper uses a
   separate sentence-embedding model), a logistic-regression classifier separates the prompts of
@@ -38,7 +43,7 @@ from ..models.logprobs import sequence_logps
 
 DATA_COLUMNS = ("margin", "score_chosen", "score_rejected", "weight")
 SUPPLIED = frozenset({"token_logps", "chosen_lengths", "kl_pairs", "degraded", "sparse_reference_masks",
-                      "log_sum_sq_probs", "density_ratio", "token_kl", *DATA_COLUMNS})
+                      "log_sum_sq_probs", "density_ratio", "token_kl", "sparse_learned_masks", *DATA_COLUMNS})
 
 
 def check_supported(objective: Any, reference: Any = None) -> None:
@@ -147,9 +152,34 @@ def token_kl(model: Any, reference: Any, batch: SequenceBatch, chunk_size: int =
     return rows[batch.seq_row] * batch.seq_mask
 
 
+def need_modules(objective: Any, model: Any) -> torch.nn.ModuleDict:
+    """Trainable modules an objective needs beside the policy (empty for most)."""
+    mods: dict[str, torch.nn.Module] = {}
+    if "sparse_learned_masks" in objective.needs:
+        from ..models.loading import unwrap
+        from ..objectives.token_level import SparseMaskHead
+
+        with torch.random.fork_rng(devices=[]):  # its init is fixed (zero weights, bias 3); keep the run's RNG as is
+            mods["sparse_mask_head"] = SparseMaskHead(unwrap(model).config.hidden_size)
+    return torch.nn.ModuleDict(mods)
+
+
+def learned_masks(model: Any, head: Any, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(reward_mask, kl_mask)`` ``[S, T]`` from ``head`` on the policy's final hidden state that predicts
+    each response token (any layout); differentiable in the head and the policy."""
+    from ..models.logprobs import label_sources
+    from ..reference import label_states
+
+    r, t, _ = label_sources(batch)
+    h = label_states(model, batch)
+    R, T = batch.input_ids.shape
+    rows = torch.zeros(R, T, h.shape[-1], dtype=h.dtype, device=h.device).index_put((r, t), h)
+    return head(rows[batch.seq_row], batch.seq_mask)
+
+
 def supply(objective: Any, stats: Any, *, model: Any, reference: Any, batch: SequenceBatch, items: Sequence[Any],
            collate: Callable[[Sequence[Any]], SequenceBatch], pad_id: int, chunk_size: int,
-           generator: torch.Generator) -> None:
+           generator: torch.Generator, modules: Any = None) -> None:
     """Fill what ``objective.needs`` beyond the basic stats, in place."""
     needs = set(objective.needs)
     device = batch.input_ids.device
@@ -175,6 +205,15 @@ def supply(objective: Any, stats: Any, *, model: Any, reference: Any, batch: Seq
         B = batch.num_examples
         stats.extras["chosen_token_kl"] = kl[:B]
         stats.extras["rejected_token_kl"] = kl[B:]
+    if "sparse_learned_masks" in needs:
+        head = modules["sparse_mask_head"] if modules is not None and "sparse_mask_head" in modules else None
+        if head is None:
+            raise ValueError(f"objective '{objective.name}' learns its token masks: pass modules="
+                             "need_modules(objective, model) (the trainer does)")
+        rm, km = learned_masks(model, head, batch)
+        B = batch.num_examples
+        stats.extras.update(chosen_reward_mask=rm[:B], rejected_reward_mask=rm[B:], chosen_kl_mask=km[:B],
+                            rejected_kl_mask=km[B:])
     if "sparse_reference_masks" in needs:
         from ..objectives.token_level import activation_mask
 
