@@ -363,6 +363,10 @@ def test_token_kl_is_the_full_vocabulary_kl_with_its_gradient_in_any_layout():
     g_want = torch.autograd.grad(want.sum(), params)
     for a, b in zip(g_got, g_want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    from preftune.models.logprobs import sequence_logps
+
+    kept = sequence_logps(pol, batch, keep_states=True).label_states  # what the trainer passes: no 2nd forward
+    torch.testing.assert_close(token_kl(pol, ref, batch, chunk_size=3, policy_states=kept), want, rtol=1e-5, atol=1e-6)
     packed = collate_pairs_packed(items, 0)
     with torch.no_grad():
         other = token_kl(pol, ref, packed, chunk_size=5)

@@ -23,7 +23,7 @@ import torch
 from .data.types import SequenceBatch
 from .errors import ConfigError
 from .models.loading import unwrap
-from .models.logprobs import SeqLogps, _model_inputs, label_sources, sequence_logps
+from .models.logprobs import SeqLogps, _model_inputs, head_fn, label_sources, sequence_logps
 
 
 @torch.no_grad()
@@ -46,18 +46,6 @@ def label_states(model: Any, batch: SequenceBatch) -> torch.Tensor:
     """``[N, H]``: the final (normed) hidden state that predicts each label, in ``label_sources`` order."""
     r, _, src = label_sources(batch)
     return unwrap(model).get_decoder()(**_model_inputs(batch, model)).last_hidden_state[r, src]
-
-
-def frozen_head(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's output head as float logits (soft-capped where the model does), on its *base* weights
-    when peft wraps the head in LoRA -- i.e. the reference's head under ``disable_adapter``."""
-    base = unwrap(model)
-    head = base.get_output_embeddings()
-    head = getattr(head, "base_layer", head)
-    cap = getattr(base.config, "final_logit_softcapping", None)
-    if cap:
-        return lambda h: torch.tanh(head(h).float() / cap) * cap
-    return lambda h: head(h).float()
 
 
 class ReferenceSource:
@@ -105,7 +93,7 @@ class FrozenModel(ReferenceSource):
         return label_states(self.model, batch)
 
     def output_head(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        return frozen_head(self.model)
+        return head_fn(self.model, base_weights=True)
 
     def describe(self) -> str:
         return f"frozen model {self.name}".strip()
@@ -147,7 +135,7 @@ class AdapterDisabled(ReferenceSource):
             return label_states(m, batch)
 
     def output_head(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        return frozen_head(self.model)
+        return head_fn(self.model, base_weights=True)
 
 
 class Precomputed(ReferenceSource):

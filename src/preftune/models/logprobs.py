@@ -40,6 +40,7 @@ class SeqLogps:
     lengths: Tensor
     mask: Tensor
     token_logps: Tensor | None = None
+    label_states: Tensor | None = None  # [N, H] final hidden state predicting each label (label_sources order)
 
 
 def _attn_implementation(model: Any) -> str:
@@ -88,9 +89,13 @@ def label_sources(batch: SequenceBatch) -> tuple[Tensor, Tensor, Tensor]:
     return r[keep], t[keep], src[keep]
 
 
-def _head_fn(model: Any) -> Callable[[Tensor], Tensor]:
+def head_fn(model: Any, *, base_weights: bool = False) -> Callable[[Tensor], Tensor]:
+    """The output head as a float-logits function (soft-capped where the model does). ``base_weights``:
+    when peft wraps the head in LoRA, its frozen base layer -- the head under ``disable_adapter``."""
     base = unwrap(model)
     head = base.get_output_embeddings()
+    if base_weights:
+        head = getattr(head, "base_layer", head)
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap:
         return lambda h: torch.tanh(head(h).float() / cap) * cap
@@ -188,32 +193,43 @@ def _head(model: Any) -> tuple[Any, float | None]:
     cap = getattr(base.config, "final_logit_softcapping", None)
     if type(head) is torch.nn.Linear:
         return head, cap
-    return _head_fn(model), None
+    return head_fn(model), None
 
 
 def token_logps(model: Any, batch: SequenceBatch, *, chunk_size: int = DEFAULT_CHUNK,
                 full_logits: bool = False) -> Tensor:
     """``[R, T]`` float32: entry ``(r, t)`` is ``log p(x_t | context)`` at label positions, 0 elsewhere."""
+    return _token_logps(model, batch, chunk_size, full_logits)[0]
+
+
+def _token_logps(model: Any, batch: SequenceBatch, chunk_size: int, full_logits: bool
+                 ) -> tuple[Tensor, Tensor | None]:
+    """Per-token log-probs ``[R, T]`` and the final hidden states that predict the labels ``[N, H]``
+    (None on the full-logits path)."""
     R, T = batch.input_ids.shape
     r, t, src = label_sources(batch)
     if full_logits:
         logits = model(**_model_inputs(batch, model)).logits.float()
         logp = F.log_softmax(logits, dim=-1)
         sel = logp[r, src].gather(-1, batch.input_ids[r, t].unsqueeze(-1)).squeeze(-1)
-        return torch.zeros(R, T, dtype=torch.float32, device=logits.device).index_put((r, t), sel)
+        return torch.zeros(R, T, dtype=torch.float32, device=logits.device).index_put((r, t), sel), None
     base = unwrap(model)
-    hidden = base.get_decoder()(**_model_inputs(batch, model)).last_hidden_state
+    states = base.get_decoder()(**_model_inputs(batch, model)).last_hidden_state[r, src]
     head, cap = _head(model)
-    sel = chunked_target_logps(head, hidden[r, src], batch.input_ids[r, t], chunk_size, softcap=cap)
-    lp = torch.zeros(R, T, dtype=torch.float32, device=hidden.device)
-    return lp.index_put((r, t), sel)
+    sel = chunked_target_logps(head, states, batch.input_ids[r, t], chunk_size, softcap=cap)
+    lp = torch.zeros(R, T, dtype=torch.float32, device=states.device)
+    return lp.index_put((r, t), sel), states
 
 
 def sequence_logps(model: Any, batch: SequenceBatch, *, per_token: bool = False,
-                   chunk_size: int = DEFAULT_CHUNK, full_logits: bool = False) -> SeqLogps:
-    """Summed response log-probs per sequence (and per-token values if ``per_token``)."""
-    lp = token_logps(model, batch, chunk_size=chunk_size, full_logits=full_logits)
-    return gather_sequences(lp, batch, per_token=per_token)
+                   chunk_size: int = DEFAULT_CHUNK, full_logits: bool = False, keep_states: bool = False) -> SeqLogps:
+    """Summed response log-probs per sequence (and per-token values if ``per_token``; the label-predicting
+    final hidden states if ``keep_states``, for needs such as SparsePO's token KL and learned masks)."""
+    lp, states = _token_logps(model, batch, chunk_size, full_logits)
+    out = gather_sequences(lp, batch, per_token=per_token)
+    if keep_states:
+        out.label_states = states
+    return out
 
 
 def gather_sequences(lp: Tensor, batch: SequenceBatch, *, per_token: bool = False) -> SeqLogps:

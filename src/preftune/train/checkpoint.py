@@ -78,7 +78,7 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 EXTRA_MODULES = "extra_modules.safetensors"
 
 
-def _has_params(modules: Any) -> bool:
+def has_params(modules: Any) -> bool:
     return modules is not None and any(True for _ in modules.parameters())
 
 
@@ -92,7 +92,7 @@ def save_checkpoint(run_dir: Path, position: TrainerPosition, model: Any, optimi
     target = ckpt_root / f"step-{position.step}"
     with atomic_path(target, is_dir=True) as tmp:
         save_file(trainable_state(model), str(tmp / "model.safetensors"))
-        if _has_params(extra_modules):
+        if has_params(extra_modules):
             save_file(trainable_state(extra_modules), str(tmp / EXTRA_MODULES))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state()}, tmp / "trainer_state.pt")
@@ -179,7 +179,7 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, extr
     if missing:
         raise CheckpointError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:3]}")
     model.load_state_dict(weights, strict=False)
-    if _has_params(extra_modules):
+    if has_params(extra_modules):
         if not (path / EXTRA_MODULES).exists():
             raise CheckpointError(f"checkpoint {path} has no {EXTRA_MODULES}, which this objective trains; was it "
                                   "written by another run?")

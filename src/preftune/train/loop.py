@@ -25,9 +25,10 @@ from ..models.logprobs import sequence_logps
 from ..objectives import build as build_objective
 from ..objectives.base import Objective
 from .callbacks import Callback, TrainState
-from .checkpoint import TrainerPosition, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (EXTRA_MODULES, TrainerPosition, has_params, latest_checkpoint, load_checkpoint,
+                         save_checkpoint, trainable_state)
 from .config import TrainConfig
-from .needs import DATA_COLUMNS, attach_density_ratios, check_supported, need_modules, supply
+from .needs import DATA_COLUMNS, NEEDS_POLICY_STATES, attach_density_ratios, check_supported, need_modules, supply
 from .stats import batch_stats
 
 
@@ -142,7 +143,8 @@ def compute_loss(model: Any, reference: Any, objective: Objective, batch: Sequen
     trainable modules such objectives own (:func:`preftune.train.needs.need_modules`).
     """
     per_token = _needs_token_logps(objective)
-    pol = sequence_logps(model, batch, per_token=per_token, chunk_size=chunk_size)
+    keep = bool(NEEDS_POLICY_STATES & set(objective.needs))
+    pol = sequence_logps(model, batch, per_token=per_token, chunk_size=chunk_size, keep_states=keep)
     ref = reference.logps(batch, per_token=per_token) if reference is not None else None
     stats = batch_stats(batch, pol, ref)
     if set(objective.needs) - {"token_logps", "chosen_lengths", *DATA_COLUMNS}:
@@ -150,7 +152,7 @@ def compute_loss(model: Any, reference: Any, objective: Objective, batch: Sequen
             raise ValueError(f"objective '{objective.name}' needs {objective.needs}: pass items and collate")
         supply(objective, stats, model=model, reference=reference, batch=batch, items=items, collate=collate,
                pad_id=pad_id, chunk_size=chunk_size, generator=generator or torch.Generator().manual_seed(0),
-               modules=modules)
+               modules=modules, policy_states=pol.label_states)
     out = objective(stats)
     return out.loss.mean(), out.metrics, stats
 
@@ -560,10 +562,9 @@ def save_final(model: Any, tokenizer: Any, target: Path, extra_modules: Any = No
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if extra_modules is not None and any(True for _ in extra_modules.parameters()):
+        if has_params(extra_modules):
             from safetensors.torch import save_file
-            save_file({k: v.detach().contiguous().cpu() for k, v in extra_modules.state_dict().items()},
-                      str(tmp / "extra_modules.safetensors"))
+            save_file(trainable_state(extra_modules), str(tmp / EXTRA_MODULES))
     return target
 
 

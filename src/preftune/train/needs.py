@@ -12,15 +12,14 @@ can compute. Each supplier below adds fields or ``extras`` to the stats of one m
 * ``log_sum_sq_probs`` (WPO's aligned weight): ``log sum_v p(v)^2`` of the policy at every response
   position, without gradient, the LM head applied in chunks so full logits never exist;
 * ``token_kl`` (SparsePO's sequential KL term, P25 eq. 8, as TDPO): ``KL(pi_ref(.|ctx) || pi(.|ctx))``
-  over the whole vocabulary at every response position, with gradient through the policy: one more
-  policy forward (the summed log-probs' forward does not keep the final hidden states), the reference's
-  final hidden states, and both heads applied in checkpointed chunks so no ``[tokens, vocab]`` tensor
+  over the whole vocabulary at every response position, with gradient through the policy: the policy's
+  final hidden states kept from its log-prob forward (no second forward), the reference's, and both heads applied in checkpointed chunks so no ``[tokens, vocab]`` tensor
   outlives its chunk (:func:`token_kl`);
 * ``sparse_learned_masks`` (SparsePO with ``mask='learned'``, P25 sec. 3.2): a
   :class:`~preftune.objectives.token_level.SparseMaskHead` on the policy's final hidden states gives the
   reward and KL masks. The head is a trainable module the trainer owns (:func:`need_modules`): it is
-  in the optimizer, in every checkpoint (``extra_modules.safetensors``) and in ``final/``. Costs one
-  more policy forward (the summed log-probs' forward does not keep the hidden states);
+  in the optimizer, in every checkpoint (``extra_modules.safetensors``) and in ``final/``. The hidden
+  states are those the policy's log-prob forward kept;
 * ``density_ratio`` (BCO's UDM, P56 sec. 4.2): once, before training, every prompt is embedded by the
   *reference* model (mean of its last-layer hidden states over the prompt tokens; the paper uses a
   separate sentence-embedding model), a logistic-regression classifier separates the prompts of
@@ -42,6 +41,7 @@ from ..errors import ConfigError
 from ..models.logprobs import sequence_logps
 
 DATA_COLUMNS = ("margin", "score_chosen", "score_rejected", "weight")
+NEEDS_POLICY_STATES = frozenset({"token_kl", "sparse_learned_masks"})  # read the policy's final hidden states
 SUPPLIED = frozenset({"token_logps", "chosen_lengths", "kl_pairs", "degraded", "sparse_reference_masks",
                       "log_sum_sq_probs", "density_ratio", "token_kl", "sparse_learned_masks", *DATA_COLUMNS})
 
@@ -127,19 +127,29 @@ def _kl_chunk(pol_head: Callable, ref_head: Callable, hp: torch.Tensor, hr: torc
     return (lr.exp() * (lr - lp)).sum(-1)
 
 
-def token_kl(model: Any, reference: Any, batch: SequenceBatch, chunk_size: int = 1024) -> torch.Tensor:
-    """``[S, T]``: ``KL(pi_ref(.|ctx) || pi(.|ctx))`` at each response position of each sequence, 0 elsewhere;
-    differentiable in the policy. Chunks of ``chunk_size`` positions are checkpointed, so their logits are
-    recomputed in backward instead of kept."""
-    from torch.utils.checkpoint import checkpoint
-
-    from ..models.logprobs import _head_fn, label_sources
+def _policy_states(model: Any, batch: SequenceBatch, states: torch.Tensor | None) -> torch.Tensor:
+    """The policy's label-predicting final hidden states: those its log-prob forward kept, else a forward."""
+    if states is not None:
+        return states
     from ..reference import label_states
 
+    return label_states(model, batch)
+
+
+def token_kl(model: Any, reference: Any, batch: SequenceBatch, chunk_size: int = 1024,
+             policy_states: torch.Tensor | None = None) -> torch.Tensor:
+    """``[S, T]``: ``KL(pi_ref(.|ctx) || pi(.|ctx))`` at each response position of each sequence, 0 elsewhere;
+    differentiable in the policy. Chunks of ``chunk_size`` positions are checkpointed, so their logits are
+    recomputed in backward instead of kept. ``policy_states``: the policy's label states if already computed
+    (``sequence_logps(..., keep_states=True)``), saving a forward."""
+    from torch.utils.checkpoint import checkpoint
+
+    from ..models.logprobs import head_fn, label_sources
+
     r, t, _ = label_sources(batch)
-    hp = label_states(model, batch)
+    hp = _policy_states(model, batch, policy_states)
     hr = reference.label_states(batch)
-    pol_head, ref_head = _head_fn(model), reference.output_head()
+    pol_head, ref_head = head_fn(model), reference.output_head()
     grad = torch.is_grad_enabled() and hp.requires_grad
     vals = [checkpoint(_kl_chunk, pol_head, ref_head, hp[i:i + chunk_size], hr[i:i + chunk_size],
                        use_reentrant=False) if grad else _kl_chunk(pol_head, ref_head, hp[i:i + chunk_size],
@@ -164,14 +174,14 @@ def need_modules(objective: Any, model: Any) -> torch.nn.ModuleDict:
     return torch.nn.ModuleDict(mods)
 
 
-def learned_masks(model: Any, head: Any, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def learned_masks(model: Any, head: Any, batch: SequenceBatch, policy_states: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(reward_mask, kl_mask)`` ``[S, T]`` from ``head`` on the policy's final hidden state that predicts
     each response token (any layout); differentiable in the head and the policy."""
     from ..models.logprobs import label_sources
-    from ..reference import label_states
 
     r, t, _ = label_sources(batch)
-    h = label_states(model, batch)
+    h = _policy_states(model, batch, policy_states)
     R, T = batch.input_ids.shape
     rows = torch.zeros(R, T, h.shape[-1], dtype=h.dtype, device=h.device).index_put((r, t), h)
     return head(rows[batch.seq_row], batch.seq_mask)
@@ -179,8 +189,9 @@ def learned_masks(model: Any, head: Any, batch: SequenceBatch) -> tuple[torch.Te
 
 def supply(objective: Any, stats: Any, *, model: Any, reference: Any, batch: SequenceBatch, items: Sequence[Any],
            collate: Callable[[Sequence[Any]], SequenceBatch], pad_id: int, chunk_size: int,
-           generator: torch.Generator, modules: Any = None) -> None:
-    """Fill what ``objective.needs`` beyond the basic stats, in place."""
+           generator: torch.Generator, modules: Any = None, policy_states: torch.Tensor | None = None) -> None:
+    """Fill what ``objective.needs`` beyond the basic stats, in place. ``policy_states``: the policy's
+    label-predicting hidden states from its log-prob forward (see :data:`NEEDS_POLICY_STATES`)."""
     needs = set(objective.needs)
     device = batch.input_ids.device
     if "kl_pairs" in needs:
@@ -201,7 +212,7 @@ def supply(objective: Any, stats: Any, *, model: Any, reference: Any, batch: Seq
         stats.extras["chosen_log_sum_sq_probs"] = lss[:B]
         stats.extras["rejected_log_sum_sq_probs"] = lss[B:]
     if "token_kl" in needs:
-        kl = token_kl(model, reference, batch, chunk_size)
+        kl = token_kl(model, reference, batch, chunk_size, policy_states)
         B = batch.num_examples
         stats.extras["chosen_token_kl"] = kl[:B]
         stats.extras["rejected_token_kl"] = kl[B:]
@@ -210,7 +221,7 @@ def supply(objective: Any, stats: Any, *, model: Any, reference: Any, batch: Seq
         if head is None:
             raise ValueError(f"objective '{objective.name}' learns its token masks: pass modules="
                              "need_modules(objective, model) (the trainer does)")
-        rm, km = learned_masks(model, head, batch)
+        rm, km = learned_masks(model, head, batch, policy_states)
         B = batch.num_examples
         stats.extras.update(chosen_reward_mask=rm[:B], rejected_reward_mask=rm[B:], chosen_kl_mask=km[:B],
                             rejected_kl_mask=km[B:])
