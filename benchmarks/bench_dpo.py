@@ -130,7 +130,7 @@ def _throughput(times: list[float], cpu: list[float], pairs: list[int], tokens: 
 def preftune_order(spec: dict) -> list[list[int]]:
     """The batches (indices into the pairs file) preftune trains on in epoch 0."""
     from preftune.data import PairExample, tokenize_examples
-    from preftune.train.loop import epoch_batches
+    from preftune.train.sources import epoch_batches
 
     tok = make_tokenizer(spec["vocab_size"])
     exs = [PairExample(p["prompt"], p["chosen"], p["rejected"], row=i) for i, p in enumerate(_read_pairs(spec["data"]))]

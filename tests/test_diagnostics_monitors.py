@@ -12,7 +12,7 @@ from preftune.diagnostics.monitors import MONITORS, make_monitors
 from preftune.errors import ConfigError
 from preftune.models.tiny import build_model
 from preftune.reference import FrozenModel, NoReference
-from preftune.train.callbacks import TrainState
+from preftune.callbacks import TrainState
 
 V = 96
 

@@ -126,7 +126,7 @@ def test_token_level_needs_match_padded(model, layout):
     the token before it in the row) give the padded layout's values."""
     from preftune.objectives.token_level import activation_mask
     from preftune.reference import FrozenModel
-    from preftune.train.needs import log_sum_sq_probs
+    from preftune.suppliers.log_sum_sq_probs import log_sum_sq_probs
 
     ex = _pairs(min_prompt=1)
     padded, other = collate_pairs(ex, 0), LAYOUTS[layout](ex, 0)

@@ -1,6 +1,8 @@
 """Closed-form values, limit cases and gradient signs of the pair objectives (formulas written out by hand)."""
 import math
 
+import re
+
 import pytest
 import torch
 
@@ -198,9 +200,17 @@ def test_gradient_signs(name):
         assert gr is None or torch.all(gr == 0)
     else:
         assert torch.all(torch.sign(gr) == want_r), gr
-    if get(name, **hp).needs_reference and name not in ("f_sft",):
-        gref = torch.autograd.grad(get(name, **hp)(s).loss.sum(), [s.policy_chosen_logps])[0]
-        assert torch.isfinite(gref).all()
+    if get(name, **hp).needs_reference:
+        # The reference enters through the log-ratios: raising its log-prob of a response acts like lowering
+        # the policy's. Every term that reads the rejected response reads it only through its log-ratio, so
+        # that gradient is exactly the policy's with the sign flipped.
+        grc, grr = torch.autograd.grad(get(name, **hp)(s).loss.sum(),
+                                       [s.reference_chosen_logps, s.reference_rejected_logps], allow_unused=True)
+        assert torch.all(torch.sign(grc) == -want_c), grc
+        if want_r == 0:
+            assert grr is None or torch.all(grr == 0)
+        else:
+            torch.testing.assert_close(grr, -gr)
 
 
 def test_apo_down_gradients_at_zero():
@@ -227,13 +237,24 @@ def test_unknown_name_and_hparam_errors():
         get("simpo", beta=0.0)
 
 
+# an equation, section, algorithm or appendix with its number ("sequence" does not count)
+EQUATION = r"\b(eqs?\.?|equations?)\s*\(?\d+|\bsec(tion)?\.?\s*\d|\b(alg(orithm)?|app(endix)?)\.?\s*[a-z]?\.?\d"
+
+
 def test_every_objective_names_paper_and_docstring():
     from preftune.objectives import available, objective_class
     for n in available():
         cls = objective_class(n)
         assert cls.paper, n
-        text = ((cls.__doc__ or "") + cls.paper).lower()
-        assert "eq" in text or "sec" in text or n == "sft", n
+        text = cls.paper + " " + (cls.__doc__ or "")
+        assert re.search(EQUATION, text, re.I) or n == "sft", n
+
+
+def test_equation_check_is_not_fooled_by_words_containing_eq():
+    for bad in ("summed over the sequence", "frequency-weighted", "see section", "Eq. n"):
+        assert not re.search(EQUATION, bad, re.I), bad
+    for good in ("eq. 7", "Eqs. 3-4", "sec. 3.2", "App. A.3", "Equation (12)", "Algorithm 1"):
+        assert re.search(EQUATION, good, re.I), good
 
 
 def test_weight_column_scales_loss():

@@ -19,7 +19,7 @@ from preftune.io import atomic_path, write_json, write_text
 from preftune.train import TrainConfig, train
 from preftune.train import checkpoint as ck
 from preftune.train import loop
-from preftune.train.callbacks import Callback
+from preftune.callbacks import Callback
 
 from conftest import arithmetic_rows
 

@@ -264,7 +264,7 @@ def test_train_reads_every_format_from_files(tiny_dir, tmp_path, pair_rows, fmt,
 def test_wpo_gets_log_sum_sq_probs_equal_to_full_softmax():
     from preftune.data.collate import collate_pairs
     from preftune.models import build_model
-    from preftune.train.needs import log_sum_sq_probs
+    from preftune.suppliers.log_sum_sq_probs import log_sum_sq_probs
 
     model = build_model(32, hidden_size=16, num_layers=1, num_heads=2)
     batch = collate_pairs(_tiny_items(), 0)
@@ -342,7 +342,7 @@ def test_token_kl_is_the_full_vocabulary_kl_with_its_gradient_in_any_layout():
     from preftune.data.packed import collate_pairs_packed
     from preftune.models import build_model
     from preftune.reference import FrozenModel
-    from preftune.train.needs import token_kl
+    from preftune.suppliers.token_kl import token_kl
 
     pol = build_model(32, hidden_size=16, num_layers=1, num_heads=2, seed=0)
     ref = FrozenModel(build_model(32, hidden_size=16, num_layers=1, num_heads=2, seed=1))

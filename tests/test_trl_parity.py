@@ -18,7 +18,7 @@ from preftune.models.logprobs import sequence_logps  # noqa: E402
 from preftune.models.tiny import build_model, build_tokenizer  # noqa: E402
 from preftune.objectives import get  # noqa: E402
 from preftune.objectives.wrappers import log_sum_sq_probs  # noqa: E402
-from preftune.train.stats import batch_stats  # noqa: E402
+from preftune.kinds import batch_stats  # noqa: E402
 
 pytestmark = pytest.mark.bench
 

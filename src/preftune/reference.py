@@ -22,30 +22,8 @@ import torch
 
 from .data.types import SequenceBatch
 from .errors import ConfigError
-from .models.loading import unwrap
-from .models.logprobs import SeqLogps, _model_inputs, head_fn, label_sources, sequence_logps
-
-
-@torch.no_grad()
-def aligned_hidden_states(model: Any, batch: SequenceBatch) -> list[torch.Tensor]:
-    """Per decoder layer ``[R, T, H]``, aligned so that position t holds the state that predicts token t
-    (t - 1 in a padded row; in block layouts a label's source from the mask, e.g. the prompt's last
-    token for the first rejected token)."""
-    kw = {**_model_inputs(batch, model), "output_hidden_states": True}
-    hs = unwrap(model).get_decoder()(**kw).hidden_states[1:]
-    r, t, src = label_sources(batch)
-    out = []
-    for h in hs:
-        a = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
-        a[r, t] = h[r, src]
-        out.append(a)
-    return out
-
-
-def label_states(model: Any, batch: SequenceBatch) -> torch.Tensor:
-    """``[N, H]``: the final (normed) hidden state that predicts each label, in ``label_sources`` order."""
-    r, _, src = label_sources(batch)
-    return unwrap(model).get_decoder()(**_model_inputs(batch, model)).last_hidden_state[r, src]
+from .models.hidden import aligned_hidden_states, label_states
+from .models.logprobs import SeqLogps, head_fn, sequence_logps
 
 
 class ReferenceSource:
@@ -163,11 +141,10 @@ class Precomputed(ReferenceSource):
             raise ConfigError(f"row {e.args[0]} has no precomputed reference log-prob (cache built on other data)") \
                 from None
         per_example = len(vals[0])
-        sums = torch.tensor(vals, dtype=torch.float32, device=batch.seq_mask.device)  # [B, k]
-        # Batch sequence order: pairs are chosen block then rejected block; lists are row-major.
-        sums = sums.t().reshape(-1) if batch.kind == "pair" else sums.reshape(-1)
-        if sums.shape[0] != batch.num_sequences or per_example * len(vals) != batch.num_sequences:
+        if per_example * len(vals) != batch.num_sequences:
             raise ConfigError("precomputed reference cache does not match the batch layout")
+        # [B, k] -> the batch's sequence order (the data kind knows it)
+        sums = batch.by_sequence(torch.tensor(vals, dtype=torch.float32, device=batch.seq_mask.device))
         return SeqLogps(sums=sums, lengths=batch.seq_mask.sum(-1), mask=batch.seq_mask)
 
     def describe(self) -> str:
@@ -218,23 +195,20 @@ def precompute(model: Any, items: Sequence[Any], collate: Callable[[Sequence[Any
                 return Precomputed(table, lengths, path=path, reused=True)
     from tqdm.auto import tqdm
 
-    model_was_training = model.training
-    model.eval()
+    from .models.scoring import eval_mode
+
     table: dict[int, list[float]] = {}
     lengths: dict[int, list[int]] = {}
     it = range(0, len(items), batch_size)
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for i in tqdm(it, desc="reference log-probs", disable=not progress, leave=False):
             chunk = list(items[i:i + batch_size])
             batch = collate(chunk)
             out = sequence_logps(model, batch, chunk_size=chunk_size)
-            k = batch.num_sequences // len(chunk)
-            sums = out.sums.view(k, len(chunk)).t() if batch.kind == "pair" else out.sums.view(len(chunk), k)
-            lens = out.lengths.view(k, len(chunk)).t() if batch.kind == "pair" else out.lengths.view(len(chunk), k)
+            sums, lens = batch.by_example(out.sums), batch.by_example(out.lengths)  # [B, k]
             for ex, s, n in zip(chunk, sums.tolist(), lens.tolist()):
                 table[ex.row] = s
                 lengths[ex.row] = n
-    model.train(model_was_training)
     if path is not None:
         rows = sorted(table)
         with atomic_path(path) as tmp:

@@ -20,8 +20,10 @@ from typing import Any, Sequence
 
 import torch
 
-from ..data.types import PairExample
-from .models import Sample, encode, response_logps
+from ..data.types import PairExample, TokenizedPair
+from ..models.scoring import pair_logps as _pair_logps
+from ..models.scoring import response_logps
+from .models import Sample, encode
 from .tasks import Task
 
 
@@ -53,8 +55,8 @@ def evaluate_policy(task: Task, policy: Any, reference: Any, tok: Any, samples: 
     rewards = [[task.reward(s.prompt, s.response) for s in row] for row in samples]
     per_prompt_win = [win_rate(r, b[:len(r)]) for r, b in zip(rewards, sft_rewards)]
     items = [(s.prompt_ids, s.response_ids) for s in flat]
-    lp_pol = response_logps(policy, tok, items)
-    lp_ref = response_logps(reference, tok, items)
+    lp_pol = response_logps(policy, items, pad_id=tok.pad_token_id, batch_size=256)
+    lp_ref = response_logps(reference, items, pad_id=tok.pad_token_id, batch_size=256)
     out: dict[str, float] = {
         "true_reward": sum(sum(r) for r in rewards) / len(flat),
         "win_rate_vs_sft": sum(per_prompt_win) / len(per_prompt_win),
@@ -80,6 +82,9 @@ def evaluate_policy(task: Task, policy: Any, reference: Any, tok: Any, samples: 
 
 def pair_logps(model: Any, tok: Any, pairs: Sequence[PairExample]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the chosen and of the rejected answers of ``pairs``."""
-    chosen = [encode(tok, p.prompt, p.chosen) for p in pairs]
-    rejected = [encode(tok, p.prompt, p.rejected) for p in pairs]
-    return response_logps(model, tok, chosen), response_logps(model, tok, rejected)
+    enc = []
+    for p in pairs:
+        prompt_ids, chosen = encode(tok, p.prompt, p.chosen)
+        enc.append(TokenizedPair(prompt_ids, chosen, encode(tok, p.prompt, p.rejected)[1]))
+    lp = _pair_logps(model, enc, tok.pad_token_id, batch_size=128)
+    return lp.chosen, lp.rejected

@@ -1,4 +1,4 @@
-"""The arena's tiny models: encoding, the cached SFT model, sampling and sequence log-probs.
+"""The arena's tiny models: encoding, the cached SFT model and sampling.
 
 Token convention (the trainer's, TRL's for plain-text prompts): ``prompt_ids =
 tok(prompt)``, ``response_ids = tok(response) + [eos]``, no BOS. The arena tokenizer is
@@ -15,9 +15,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..data.collate import collate_unpaired
-from ..data.types import TokenizedUnpaired
-from ..models.logprobs import sequence_logps
+from ..models.generate import generate
 from .tasks import Task
 
 SFT_FORMAT_VERSION = 1
@@ -163,48 +161,14 @@ class Sample:
     response_ids: list[int]   # as generated: ends with eos unless the budget ran out
 
 
-@torch.no_grad()
 def sample(model: Any, tok: Any, prompts: Sequence[str], n: int, *, seed: int, max_new_tokens: int,
            temperature: float = 1.0, batch_size: int = 512) -> list[list[Sample]]:
     """``n`` samples per prompt (``out[i][j]``), by temperature sampling with a fixed seed.
 
-    Prompts are grouped by token length so no prompt is padded.
-    """
-    model.eval()
+    :func:`preftune.models.generate.generate` with prompts grouped by token length, so no
+    prompt is padded."""
     enc = [encode(tok, p)[0] for p in prompts]
-    out: list[list[Sample]] = [[] for _ in prompts]
-    by_len: dict[int, list[int]] = {}
-    for i, ids in enumerate(enc):
-        by_len.setdefault(len(ids), []).append(i)
-    jobs = [(i, j) for L in sorted(by_len) for i in by_len[L] for j in range(n)]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        k = 0
-        while k < len(jobs):
-            L = len(enc[jobs[k][0]])
-            chunk = []
-            while k < len(jobs) and len(enc[jobs[k][0]]) == L and len(chunk) < batch_size:
-                chunk.append(jobs[k])
-                k += 1
-            ids = torch.tensor([enc[i] for i, _ in chunk])
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                 temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-            for (i, _), row in zip(chunk, gen[:, L:].tolist()):
-                if tok.eos_token_id in row:
-                    row = row[:row.index(tok.eos_token_id) + 1]
-                out[i].append(Sample(prompts[i], decode(tok, row), enc[i], row))
-    return out
-
-
-@torch.no_grad()
-def response_logps(model: Any, tok: Any, items: Sequence[tuple[list[int], list[int]]],
-                   batch_size: int = 256) -> torch.Tensor:
-    """Summed log-prob of each ``(prompt_ids, response_ids)`` response under ``model``."""
-    model.eval()
-    out = []
-    for s in range(0, len(items), batch_size):
-        ex = [TokenizedUnpaired(p, r, True) for p, r in items[s:s + batch_size]]
-        batch = collate_unpaired(ex, tok.pad_token_id)
-        out.append(sequence_logps(model, batch).sums)
-    return torch.cat(out) if out else torch.zeros(0)
+    gens = generate(model, tok, enc, n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                    batch_size=batch_size, bucket_by_length=True)
+    return [[Sample(prompts[i], decode(tok, g.response_ids), g.prompt_ids, g.response_ids)
+             for g in gens[i * n:(i + 1) * n]] for i in range(len(prompts))]

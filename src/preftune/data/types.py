@@ -119,8 +119,9 @@ class SequenceBatch:
     ``attention_mask`` is either a 2D ``[R, T]`` padding mask (1 = real token) or a 4D
     ``[R, 1, T, T]`` boolean mask (True = may attend) for block layouts; ``position_ids``
     is ``[R, T]`` or None (then positions are 0..T-1).
-    ``kind`` says how sequences group: ``"pair"`` (S = 2B: chosen then rejected),
-    ``"unpaired"`` (S = B) or ``"list"`` (S = B*K, row-major by example).
+    ``kind`` names the :class:`preftune.kinds.DataKind` that made the batch, which says how sequences
+    group (pairs: S = 2B, chosen then rejected; unpaired: S = B; lists: S = B*K, row-major by example).
+    ``rows`` holds one row id per example.
     ``extras`` holds per-example float tensors ``[B]`` (score_chosen, margin, weight, label, ...).
     """
 
@@ -140,12 +141,20 @@ class SequenceBatch:
 
     @property
     def num_examples(self) -> int:
-        s = self.num_sequences
-        if self.kind == "pair":
-            return s // 2
-        if self.kind == "list":
-            return s // max(self.list_size, 1)
-        return s
+        """Examples in the batch: one row id each (every collator records them)."""
+        return len(self.rows)
+
+    def by_example(self, x: Tensor) -> Tensor:
+        """``[S, ...]`` per-sequence values -> ``[B, K, ...]`` per example (the data kind knows the order)."""
+        from ..kinds import get_kind
+
+        return get_kind(self.kind).by_example(x, self.num_examples)
+
+    def by_sequence(self, x: Tensor) -> Tensor:
+        """``[B, K, ...]`` -> ``[S, ...]`` in this batch's sequence order."""
+        from ..kinds import get_kind
+
+        return get_kind(self.kind).by_sequence(x)
 
     def response_tokens(self) -> int:
         return int(self.seq_mask.sum())

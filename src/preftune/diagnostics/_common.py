@@ -1,19 +1,21 @@
-"""Shared plumbing of the diagnostics: data in, batches out, log-probs from a model or a
-reference source, and the few model internals (decoder hidden states, the LM head) that
-CHES and the top-k indicators read."""
+"""Shared plumbing of the diagnostics: data in, batches out, pair log-probs as float64 arrays,
+statistics. The model helpers they use (batches, pair log-probs, decoder hidden states, the LM
+head, eval mode) are :mod:`preftune.models`' own, imported here under the diagnostics' names."""
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.collate import collate_pairs
 from ..data.types import PairExample, SequenceBatch, TokenizedPair
-from ..models.loading import unwrap
-from ..models.logprobs import SeqLogps, label_positions, sequence_logps
+from ..models import scoring
+from ..models.generate import pad_id_of
+from ..models.hidden import decoder_hidden
+from ..models.logprobs import head_fn, label_positions
+from ..models.scoring import eval_mode, is_reference_source, model_device
+from ..models.scoring import pair_batches as batches
 
 
 def as_pairs(data: Sequence[Any], tokenizer: Any = None, *, max_length: int | None = 1024,
@@ -36,76 +38,12 @@ def as_pairs(data: Sequence[Any], tokenizer: Any = None, *, max_length: int | No
     raise TypeError(f"diagnostics take TokenizedPair or PairExample items, got {', '.join(kinds)}")
 
 
-def pad_id_of(model: Any, tokenizer: Any = None) -> int:
-    for src in (tokenizer, getattr(unwrap(model), "config", None)):
-        pid = getattr(src, "pad_token_id", None) if src is not None else None
-        if pid is not None:
-            return int(pid)
-    return 0
-
-
-def model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
-def batches(pairs: Sequence[TokenizedPair], pad_id: int, batch_size: int) -> Iterator[SequenceBatch]:
-    for i in range(0, len(pairs), batch_size):
-        yield collate_pairs(pairs[i:i + batch_size], pad_id)
-
-
-@contextlib.contextmanager
-def eval_mode(*models: Any) -> Iterator[None]:
-    """Dropout off while measuring; each model's train/eval state is restored afterwards."""
-    mods = [m for m in models if isinstance(m, torch.nn.Module)]
-    was = [m.training for m in mods]
-    for m in mods:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, w in zip(mods, was):
-            m.train(w)
-
-
-def is_reference_source(ref: Any) -> bool:
-    """A ReferenceSource (``logps(batch, per_token=...)``) rather than a model."""
-    return ref is not None and not isinstance(ref, torch.nn.Module) and callable(getattr(ref, "logps", None))
-
-
-def seq_logps(model_or_source: Any, batch: SequenceBatch, device: Any = None) -> SeqLogps | None:
-    """Summed response log-probs from a model or a reference source, without gradients. A
-    source gets the batch on ``device`` (the policy's), a model on its own device."""
-    with torch.no_grad():
-        if is_reference_source(model_or_source):
-            return model_or_source.logps(batch.to(device) if device is not None else batch, per_token=False)
-        return sequence_logps(model_or_source, batch.to(model_device(model_or_source)))
-
-
 def pair_logps(model_or_source: Any, pairs: Sequence[TokenizedPair], pad_id: int, batch_size: int = 8,
                device: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """(chosen sums, rejected sums, chosen lengths, rejected lengths) as float64 arrays, or
-    None when the source gives none (a reference-free reference source)."""
-    out: list[list[np.ndarray]] = [[], [], [], []]
-    for batch in batches(pairs, pad_id, batch_size):
-        lp = seq_logps(model_or_source, batch, device)
-        if lp is None:
-            return None
-        B = batch.num_examples
-        s, n = lp.sums.detach().double().cpu().numpy(), lp.lengths.detach().double().cpu().numpy()
-        for acc, x in zip(out, (s[:B], s[B:], n[:B], n[B:])):
-            acc.append(x)
-    return tuple(np.concatenate(a) for a in out)  # type: ignore[return-value]
-
-
-def decoder_hidden(model: Any, batch: SequenceBatch) -> Tensor:
-    """Last hidden state ``[R, T, H]`` of the decoder: what the LM head reads."""
-    kw: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-    if batch.position_ids is not None:
-        kw["position_ids"] = batch.position_ids
-    return unwrap(model).get_decoder()(**kw).last_hidden_state
+    """:func:`preftune.models.scoring.pair_logps` as float64 arrays (chosen sums, rejected sums,
+    chosen lengths, rejected lengths), or None when the source gives none (reference-free)."""
+    lp = scoring.pair_logps(model_or_source, pairs, pad_id, batch_size, device)
+    return None if lp is None else tuple(x.double().numpy() for x in lp)  # type: ignore[return-value]
 
 
 def predictor_mask(batch: SequenceBatch) -> Tensor:
@@ -117,16 +55,6 @@ def predictor_mask(batch: SequenceBatch) -> Tensor:
     out = torch.zeros_like(m)
     out[:, :-1] = m[:, 1:]
     return out
-
-
-def head_fn(model: Any) -> Callable[[Tensor], Tensor]:
-    """The LM head as float32 logits (Gemma-style soft-capping applied)."""
-    base = unwrap(model)
-    head = base.get_output_embeddings()
-    cap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
-    if cap:
-        return lambda h: torch.tanh(head(h).float() / cap) * cap
-    return lambda h: head(h).float()
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
@@ -170,4 +98,4 @@ def mean(x: Any) -> float | None:
 
 __all__ = ["as_pairs", "batches", "decoder_hidden", "eval_mode", "floats", "head_fn", "is_reference_source",
            "label_positions", "mean", "model_device", "pad_id_of", "pair_logps", "pearson", "predictor_mask",
-           "seq_logps", "spearman"]
+           "spearman"]

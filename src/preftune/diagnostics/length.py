@@ -8,7 +8,8 @@ length of the responses DPO-trained policies *generate* against the SFT/referenc
 This module reports both: the Pearson and Spearman correlation of the implicit reward with
 the response length (over chosen and rejected responses), the correlation of the reward
 margin with the length difference, and the mean length of sampled responses of the policy
-and of the reference on a few prompts (``model.generate``, seeded, temperature 1).
+and of the reference on a few prompts (:func:`preftune.models.generate.generate`, seeded,
+temperature 1).
 """
 from __future__ import annotations
 
@@ -16,20 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from ..models.loading import unwrap
+from ..models.generate import eos_id_of, generate
 from ._common import as_pairs, eval_mode, floats, is_reference_source, mean, model_device, pad_id_of, pair_logps, pearson, spearman
-
-
-def eos_id_of(model: Any, tokenizer: Any = None) -> int | list[int] | None:
-    eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
-    if eos is None:
-        base = unwrap(model)
-        eos = getattr(getattr(base, "generation_config", None), "eos_token_id", None)
-        if eos is None:
-            eos = getattr(getattr(base, "config", None), "eos_token_id", None)
-    return eos
 
 
 def unique_prompts(pairs: Sequence[Any], n: int) -> list[list[int]]:
@@ -47,32 +37,11 @@ def unique_prompts(pairs: Sequence[Any], n: int) -> list[list[int]]:
 def sample_lengths(model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, eos_id: Any,
                    max_new_tokens: int = 64, seed: int = 0, batch_size: int = 8) -> np.ndarray:
     """Number of generated tokens (up to and including the first EOS) per prompt, sampling at
-    temperature 1 with a private, seeded random stream (training randomness is untouched)."""
-    dev = model_device(model)
-    eos_set = set(eos_id if isinstance(eos_id, (list, tuple)) else ([eos_id] if eos_id is not None else []))
-    lengths: list[int] = []
-    devices = [dev] if dev.type == "cuda" else []
-    with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i:i + batch_size]
-            P = max(len(p) for p in chunk)
-            ids = torch.full((len(chunk), P), pad_id, dtype=torch.long)
-            attn = torch.zeros((len(chunk), P), dtype=torch.long)
-            for j, p in enumerate(chunk):  # left padding, as generation needs
-                ids[j, P - len(p):] = torch.tensor(list(p), dtype=torch.long)
-                attn[j, P - len(p):] = 1
-            out = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev), do_sample=True,
-                                 temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                 pad_token_id=pad_id, eos_token_id=eos_id)
-            for row in out[:, P:].tolist():
-                n = len(row)
-                for t, tok in enumerate(row):
-                    if tok in eos_set:
-                        n = t + 1
-                        break
-                lengths.append(n)
-    return np.asarray(lengths, dtype=np.float64)
+    temperature 1 (:func:`preftune.models.generate.generate`: left-padded batches, a private
+    seeded random stream, so training randomness is untouched)."""
+    gens = generate(model, None, prompts, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
+                    eos_id=eos_id, pad_id=pad_id)
+    return np.asarray([len(g.response_ids) for g in gens], dtype=np.float64)
 
 
 def reward_length_correlation(rewards: Sequence[float], lengths: Sequence[float]) -> dict[str, float | None]:

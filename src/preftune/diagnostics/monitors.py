@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data.types import TokenizedPair
 from ..errors import ConfigError
-from ..train.callbacks import Callback, TrainState
+from ..callbacks import Callback, TrainState
 from ._common import eval_mode, model_device, pad_id_of, pair_logps, pearson
 from .displacement import ches_scores
 from .entanglement import gradient_entanglement

@@ -48,7 +48,11 @@ def _attn_implementation(model: Any) -> str:
     return getattr(cfg, "_attn_implementation", None) or "sdpa"
 
 
-def _model_inputs(batch: SequenceBatch, model: Any = None) -> dict[str, Any]:
+def model_inputs(batch: SequenceBatch, model: Any = None) -> dict[str, Any]:
+    """The keyword arguments of a forward pass over ``batch`` (ids, mask, positions; no KV cache).
+
+    A 4D boolean block mask (prefix-shared, packed layouts) becomes an additive float mask in
+    the model's dtype; a 2D padding mask passes through unchanged."""
     mask = batch.attention_mask
     if mask.dim() == 4 and mask.dtype == torch.bool:
         impl = _attn_implementation(model) if model is not None else "sdpa"
@@ -209,12 +213,13 @@ def _token_logps(model: Any, batch: SequenceBatch, chunk_size: int, full_logits:
     R, T = batch.input_ids.shape
     r, t, src = label_sources(batch)
     if full_logits:
-        logits = model(**_model_inputs(batch, model)).logits.float()
+        logits = model(**model_inputs(batch, model)).logits.float()
         logp = F.log_softmax(logits, dim=-1)
         sel = logp[r, src].gather(-1, batch.input_ids[r, t].unsqueeze(-1)).squeeze(-1)
         return torch.zeros(R, T, dtype=torch.float32, device=logits.device).index_put((r, t), sel), None
-    base = unwrap(model)
-    states = base.get_decoder()(**_model_inputs(batch, model)).last_hidden_state[r, src]
+    from .hidden import decoder_hidden  # hidden.py builds on this module
+
+    states = decoder_hidden(model, batch)[r, src]
     head, cap = _head(model)
     sel = chunked_target_logps(head, states, batch.input_ids[r, t], chunk_size, softcap=cap)
     lp = torch.zeros(R, T, dtype=torch.float32, device=states.device)
@@ -238,3 +243,5 @@ def gather_sequences(lp: Tensor, batch: SequenceBatch, *, per_token: bool = Fals
     per_seq = lp[batch.seq_row] * mask
     return SeqLogps(sums=per_seq.sum(-1), lengths=mask.sum(-1), mask=mask,
                     token_logps=per_seq if per_token else None)
+
+

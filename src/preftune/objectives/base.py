@@ -193,6 +193,26 @@ class Objective:
     def __call__(self, stats: Stats) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # state ----------------------------------------------------------------------------
+    # An objective may own trainable parameters (SparsePO's learned masks) or running state (BCO's
+    # reward shift, LCPO's noise-rate estimate). It holds them as ``torch.nn.Module`` attributes
+    # (buffers for running state), so that :func:`objective_state` finds them: the trainer puts their
+    # parameters in the optimizer beside the policy's, and saves and restores their state dict in
+    # every checkpoint. Called alone, an objective keeps its state on itself as usual.
+    def children(self) -> list["Objective"]:
+        """The objectives this one is built from (a composition's terms, a wrapper's base)."""
+        return []
+
+    def bind(self, model: Any) -> None:
+        """Build what depends on the policy (e.g. a head sized by its hidden size) before training.
+        Most objectives need nothing; a composition or wrapper binds its parts."""
+        for child in self.children():
+            child.bind(model)
+
+    def own_modules(self) -> dict[str, torch.nn.Module]:
+        """This objective's own state modules (not its children's), by attribute name."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.nn.Module)}
+
     # helpers shared by subclasses -------------------------------------------------------
     def check_stats(self, stats: Stats) -> None:
         expected = KIND_OF_STATS[self.kind]
@@ -215,6 +235,32 @@ class Objective:
 
     def config(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if "hp" in f.metadata}
+
+
+class ObjectiveState(torch.nn.Module):
+    """Everything an objective (and its parts) owns, as one module: ``parameters()`` go to the
+    optimizer, ``state_dict()`` to checkpoints. Own modules keep their attribute names
+    (``sparse_mask_head.proj.weight``); a part's modules are nested under ``term<i>`` / ``base``."""
+
+
+def objective_state(objective: "Objective") -> ObjectiveState:
+    """The :class:`ObjectiveState` of ``objective``: its modules and those of its parts (shared, not
+    copied: training the returned module trains the objective)."""
+    st = ObjectiveState()
+    for name, mod in objective.own_modules().items():
+        st.add_module(name, mod)
+    for i, child in enumerate(objective.children()):
+        sub = objective_state(child)
+        if len(sub.state_dict()):
+            st.add_module("base" if isinstance(objective, Wrapper) else f"term{i}", sub)
+    return st
+
+
+def walk(objective: "Objective"):
+    """``objective`` and, depth first, every objective it is built from."""
+    yield objective
+    for child in objective.children():
+        yield from walk(child)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -340,6 +386,9 @@ class Wrapper(Objective):
         self.needs = tuple(sorted(set(self.base_objective.needs) | set(self.extra_needs)))  # type: ignore[misc]
 
     needs_reference_own: ClassVar[bool] = False
+
+    def children(self) -> list[Objective]:
+        return [self.base_objective]
 
     def config(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)

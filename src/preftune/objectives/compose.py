@@ -44,6 +44,9 @@ class WeightedSum(Objective):
         assert total is not None
         return ObjectiveOutput(total, metrics)
 
+    def children(self) -> list[Objective]:
+        return [t for _, t in self.terms]
+
     def config(self) -> dict[str, Any]:
         return {"terms": [{"weight": w, "name": t.name, **t.config()} for w, t in self.terms]}
 

@@ -11,9 +11,11 @@ What the trainer supplies (``extras``, all [B, T], zero outside the response mas
   - ``mask='reference'`` (needs ``"sparse_reference_masks"``): masks derived from the *reference*
     model's hidden states with :func:`activation_mask` (P25 sec. 3.2, model-activation masks); one mask
     serves both terms.
-  - ``mask='learned'`` (needs ``"sparse_learned_masks"``): masks produced by a :class:`SparseMaskHead`
-    on the *policy's* last hidden states. The head's parameters live in that module, which the trainer
-    owns, saves with the run and adds to the optimizer (they are not part of the LM).
+  - ``mask='learned'`` (needs ``"label_states"``: ``chosen_label_states`` / ``rejected_label_states``
+    [B, T, H], the *policy's* final hidden state that predicts each response token): the objective's own
+    :class:`SparseMaskHead` (``sparse_mask_head``, built by :meth:`SparsePO.bind` from the policy's hidden
+    size) turns them into both masks. The head is the objective's state: the trainer adds its parameters
+    to the optimizer and saves it in checkpoints and ``final/`` (``extra_modules.safetensors``).
 * ``chosen_token_kl`` / ``rejected_token_kl``: per-token ``KL(pi_ref(.|prefix) || pi(.|prefix))`` over the
   vocabulary (needs ``"token_kl"``); only read when ``kl_term='sequential'``. With ``kl_term='none'``
   d = 0.
@@ -23,6 +25,7 @@ With all masks 1 and ``kl_term='none'`` this is DPO.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -81,17 +84,36 @@ class SparsePO(Objective):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        n = ["token_logps", "sparse_reference_masks" if self.mask == "reference" else "sparse_learned_masks"]
+        n = ["token_logps", "sparse_reference_masks" if self.mask == "reference" else "label_states"]
         if self.kl_term == "sequential":
             n.append("token_kl")
         self.needs = tuple(n)  # type: ignore[misc]
+        self.sparse_mask_head: SparseMaskHead | None = None
+
+    def bind(self, model: Any) -> None:
+        """``mask='learned'``: build the mask head for the policy's hidden size (once)."""
+        if self.mask != "learned" or self.sparse_mask_head is not None:
+            return
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        with torch.random.fork_rng(devices=[]):  # its init is fixed (zero weights, bias 3): the run's RNG is kept
+            self.sparse_mask_head = SparseMaskHead(int(base.config.hidden_size))
 
     def __call__(self, stats: PairStats) -> ObjectiveOutput:
         self.check_stats(stats)
         require(stats, self.name, "policy_chosen_token_logps", "policy_rejected_token_logps",
                 "reference_chosen_token_logps", "reference_rejected_token_logps")
-        require_extras(stats, self.name, "chosen_reward_mask", "rejected_reward_mask")
         ex = stats.extras
+        if self.mask == "learned":
+            if self.sparse_mask_head is None:
+                raise ValueError("objective 'sparse_po' with mask='learned' has no mask head: call "
+                                 "objective.bind(policy) first (the trainer does)")
+            require_extras(stats, self.name, "chosen_label_states", "rejected_label_states")
+            ex = dict(ex)
+            for side in ("chosen", "rejected"):
+                rm, km = self.sparse_mask_head(ex[f"{side}_label_states"], getattr(stats, f"{side}_mask"))
+                ex[f"{side}_reward_mask"], ex[f"{side}_kl_mask"] = rm, km
+        else:
+            require_extras(stats, self.name, "chosen_reward_mask", "rejected_reward_mask")
         hc_t = stats.policy_chosen_token_logps - stats.reference_chosen_token_logps  # type: ignore[operator]
         hr_t = stats.policy_rejected_token_logps - stats.reference_rejected_token_logps  # type: ignore[operator]
         uc = (ex["chosen_reward_mask"] * hc_t).sum(-1)

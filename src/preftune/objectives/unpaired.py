@@ -70,6 +70,27 @@ class KTO(Objective):
         return ObjectiveOutput(apply_weight(loss, stats.weight), m)
 
 
+class RunningMean(torch.nn.Module):
+    """BCO's running reward mean as state the trainer checkpoints: a float64 sum and a count (buffers), so
+    a resumed run continues with exactly the shift it had."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("total", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+
+    def add(self, total: float, count: int) -> None:
+        self.total += total
+        self.count += count
+
+    def seen(self) -> int:
+        return int(self.count)
+
+    def mean(self) -> float:
+        n = int(self.count)
+        return float(self.total) / n if n else 0.0
+
+
 @register
 @dataclass
 class BCO(Objective):
@@ -94,8 +115,7 @@ class BCO(Objective):
                    choices=(False, True))
     min_density_ratio: float = hp(0.5, "lower clip of the density ratio", low=0.0)
     max_density_ratio: float = hp(10.0, "upper clip of the density ratio", low=0.0, low_open=True)
-    _sum: float = field(default=0.0, repr=False)
-    _count: int = field(default=0, repr=False)
+    running: "RunningMean" = field(default_factory=lambda: RunningMean(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,16 +124,16 @@ class BCO(Objective):
 
     @property
     def delta(self) -> float:
-        return self._sum / self._count if self._count else 0.0
+        """The running reward shift: the mean of every training reward seen so far (0 before any)."""
+        return self.running.mean()
 
     def __call__(self, stats: UnpairedStats) -> ObjectiveOutput:
         self.check_stats(stats)
         r = self.beta * (stats.policy_logps - stats.reference_logps)  # type: ignore[operator]
         if self.shift == "running":
             if torch.is_grad_enabled():  # only training steps move the running mean
-                self._sum += float(r.detach().sum())
-                self._count += r.numel()
-            delta = torch.tensor(self.delta if self._count else float(r.detach().mean()), dtype=r.dtype)
+                self.running.add(float(r.detach().sum()), r.numel())
+            delta = torch.tensor(self.delta if self.running.seen() else float(r.detach().mean()), dtype=r.dtype)
         elif self.shift == "batch":
             delta = r.detach().mean()
         else:

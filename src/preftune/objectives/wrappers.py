@@ -80,6 +80,14 @@ def implicit_margin(stats: PairStats, beta: float) -> Tensor:
                    - stats.policy_rejected_logps / stats.rejected_lengths.clamp(min=1))  # type: ignore[union-attr]
 
 
+class NoiseRate(torch.nn.Module):
+    """LCPO's running noise-rate estimate as a float64 buffer, so checkpoints carry it."""
+
+    def __init__(self, init: float) -> None:
+        super().__init__()
+        self.register_buffer("rate", torch.tensor(float(init), dtype=torch.float64))
+
+
 @register
 @dataclass
 class LCPO(Wrapper):
@@ -100,12 +108,17 @@ class LCPO(Wrapper):
     noise_init: float = hp(0.1, "initial noise-rate estimate", low=0.0, high=0.5, high_open=True)
     momentum: float = hp(0.1, "EMA step of the noise-rate estimate (0 freezes it)", low=0.0, high=1.0)
     flip: bool = hp(True, "add (1-q) times the loss of the flipped pair", choices=(True, False))
-    noise_rate: float = field(default=-1.0, repr=False)
+    estimate: "NoiseRate" = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.noise_rate < 0:
-            self.noise_rate = self.noise_init
+        if self.estimate is None:
+            self.estimate = NoiseRate(self.noise_init)
+
+    @property
+    def noise_rate(self) -> float:
+        """The current noise-rate estimate (state the trainer checkpoints)."""
+        return float(self.estimate.rate)
 
     def posterior(self, stats: PairStats) -> Tensor:
         z = implicit_margin(stats, self.posterior_beta).detach()
@@ -121,7 +134,8 @@ class LCPO(Wrapper):
             loss = loss + self.base_objective(_with_weight(swap_pair(stats), 1 - q)).loss
         if torch.is_grad_enabled() and self.momentum > 0:  # M-step, training only
             batch_eps = float((1 - q).mean())
-            self.noise_rate = min(max((1 - self.momentum) * self.noise_rate + self.momentum * batch_eps, 0.0), 0.49)
+            self.estimate.rate.fill_(min(max((1 - self.momentum) * self.noise_rate + self.momentum * batch_eps,
+                                             0.0), 0.49))
         m = dict(out.metrics)
         m["lcpo/posterior"] = q.float().mean()
         m["lcpo/noise_rate"] = torch.tensor(self.noise_rate)

@@ -1,7 +1,10 @@
 """The trainer: a plain loop over any objective. ``train(TrainConfig(...))``."""
-from .callbacks import Callback, TrainState
+from ..callbacks import Callback, TrainState
 from .config import TrainConfig
-from .loop import RunResult, TrainingError, compute_loss, evaluate, save_final, train
+from .forward import Forward, PolicyLogps
+from .loop import Run, RunResult, TrainingError, compute_loss, evaluate, save_final, train, train_step
+from .sources import BatchSource, OfflineSource, SourceBatch
 
-__all__ = ["Callback", "RunResult", "TrainConfig", "TrainState", "TrainingError", "compute_loss", "evaluate",
-           "save_final", "train"]
+__all__ = ["BatchSource", "Callback", "Forward", "OfflineSource", "PolicyLogps", "Run", "RunResult",
+           "SourceBatch", "TrainConfig", "TrainState", "TrainingError", "compute_loss", "evaluate", "save_final",
+           "train", "train_step"]

@@ -1,6 +1,8 @@
-"""Checkpoints: ``checkpoints/step-N/`` with weights (safetensors), optimizer and scheduler
-state (``torch.save``, loaded with ``weights_only=True``), RNG states and the data position,
-and a ``manifest.json`` of SHA-256 checksums written last.
+"""Checkpoints: ``checkpoints/step-N/`` with weights (safetensors), the objective's own state
+(``extra_modules.safetensors``: trainable parameters such as SparsePO's mask head and running state
+such as BCO's reward shift), optimizer and scheduler state (``torch.save``, loaded with
+``weights_only=True``), RNG states and the batch source's position, and a ``manifest.json`` of SHA-256
+checksums written last.
 
 A checkpoint is written into a temporary directory and renamed into place, so a crash
 (even SIGKILL) while writing leaves the previous checkpoint intact and no half-written
@@ -31,6 +33,8 @@ _STEP_RE = re.compile(r"^step-(\d+)$")
 
 @dataclass
 class TrainerPosition:
+    """A step and an offline source's position (``step`` alone, an int, is also accepted)."""
+
     step: int
     epoch: int
     batch_in_epoch: int
@@ -75,32 +79,41 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
 
 
-EXTRA_MODULES = "extra_modules.safetensors"
+OBJECTIVE_STATE = "extra_modules.safetensors"
 
 
-def has_params(modules: Any) -> bool:
-    return modules is not None and any(True for _ in modules.parameters())
+def has_state(module: Any) -> bool:
+    return module is not None and len(module.state_dict()) > 0
 
 
-def save_checkpoint(run_dir: Path, position: TrainerPosition, model: Any, optimizer: Any, scheduler: Any,
-                    extra: dict[str, Any] | None = None, keep: int = 2, extra_modules: Any = None) -> Path:
-    """``extra_modules``: trainable modules beside the policy that some objectives need (e.g. SparsePO's
-    learned mask head), saved to ``extra_modules.safetensors``."""
+def state_tensors(module: Any) -> dict[str, torch.Tensor]:
+    """Every entry of ``module``'s state dict (parameters and buffers), contiguous, on CPU."""
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(run_dir: Path, position: TrainerPosition | int, model: Any, optimizer: Any, scheduler: Any,
+                    extra: dict[str, Any] | None = None, keep: int = 2, objective_state: Any = None) -> Path:
+    """``objective_state``: the objective's own modules (:func:`preftune.objectives.base.objective_state`),
+    saved to ``extra_modules.safetensors``; ``extra``: more entries for ``state.json`` (the batch source's
+    position)."""
     from safetensors.torch import save_file
 
+    step = position if isinstance(position, int) else position.step
     ckpt_root = Path(run_dir) / "checkpoints"
-    target = ckpt_root / f"step-{position.step}"
+    target = ckpt_root / f"step-{step}"
     with atomic_path(target, is_dir=True) as tmp:
         save_file(trainable_state(model), str(tmp / "model.safetensors"))
-        if has_params(extra_modules):
-            save_file(trainable_state(extra_modules), str(tmp / EXTRA_MODULES))
+        if has_state(objective_state):
+            save_file(state_tensors(objective_state), str(tmp / OBJECTIVE_STATE))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state()}, tmp / "trainer_state.pt")
-        state = {"step": position.step, "epoch": position.epoch, "batch_in_epoch": position.batch_in_epoch,
-                 "numpy_rng": _numpy_state(), **(extra or {})}
+        state: dict[str, Any] = {"step": step}
+        if not isinstance(position, int):
+            state.update(epoch=position.epoch, batch_in_epoch=position.batch_in_epoch)
+        state.update(numpy_rng=_numpy_state(), **(extra or {}))
         (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
         files = sorted(p.name for p in tmp.iterdir())
-        manifest = {"step": position.step, "files": {f: _sha256(tmp / f) for f in files}}
+        manifest = {"step": step, "files": {f: _sha256(tmp / f) for f in files}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     _prune(ckpt_root, keep)
     return target
@@ -169,7 +182,7 @@ def latest_checkpoint(run_dir: Path, *, fallback: bool = False) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, extra_modules: Any = None
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, objective_state: Any = None
                     ) -> dict[str, Any]:
     from safetensors.torch import load_file
 
@@ -179,11 +192,16 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, extr
     if missing:
         raise CheckpointError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:3]}")
     model.load_state_dict(weights, strict=False)
-    if has_params(extra_modules):
-        if not (path / EXTRA_MODULES).exists():
-            raise CheckpointError(f"checkpoint {path} has no {EXTRA_MODULES}, which this objective trains; was it "
-                                  "written by another run?")
-        extra_modules.load_state_dict(load_file(str(path / EXTRA_MODULES)))
+    if has_state(objective_state):
+        if not (path / OBJECTIVE_STATE).exists():
+            raise CheckpointError(f"checkpoint {path} has no {OBJECTIVE_STATE}, the state this objective keeps; "
+                                  "was it written by another run?")
+        try:
+            objective_state.load_state_dict(load_file(str(path / OBJECTIVE_STATE)))
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"checkpoint {path}: {OBJECTIVE_STATE} does not match this objective's state "
+                                  f"({first})") from None
     st = torch.load(path / "trainer_state.pt", weights_only=True)
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])

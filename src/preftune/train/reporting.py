@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .callbacks import Callback, TrainState
+from ..callbacks import Callback, TrainState
 
 
 class TensorBoard(Callback):

@@ -1,4 +1,4 @@
-"""Training callbacks: the trainer calls these hooks; diagnostics monitors, loggers and
+"""Training callbacks (``preftune.callbacks``): the trainer calls these hooks; diagnostics monitors, loggers and
 progress bars implement them. A hook may return a dict of extra metrics, which the trainer
 adds to that step's record in ``metrics.jsonl``.
 """

@@ -1,0 +1,82 @@
+"""The built-in data kinds: pairs, unpaired (thumbs up/down) examples and ranked lists."""
+from __future__ import annotations
+
+from typing import Any
+
+from .data import collate
+from .data.packed import collate_pairs_packed, collate_unpaired_packed
+from .data.prefix_shared import collate_pairs_prefix_shared
+from .data.types import (PairExample, RankedExample, SequenceBatch, TokenizedPair, TokenizedRanked,
+                         TokenizedUnpaired, UnpairedExample)
+from .kinds import DataKind, register_kind
+from .models.logprobs import SeqLogps
+from .objectives.base import ListStats, PairStats, UnpairedStats
+
+
+def _split(x: Any, B: int) -> tuple[Any, Any]:
+    return (None, None) if x is None else (x[:B], x[B:])
+
+
+def pair_stats(batch: SequenceBatch, policy: SeqLogps, reference: SeqLogps | None = None) -> PairStats:
+    """Pairs: sequences 0..B-1 are the chosen responses, B..2B-1 the rejected ones."""
+    ex = dict(batch.extras)
+    B = batch.num_examples
+    pc, pr = _split(policy.sums, B)
+    rc, rr = _split(reference.sums if reference is not None else None, B)
+    lc, lr = _split(policy.lengths, B)
+    tpc, tpr = _split(policy.token_logps, B)
+    trc, trr = _split(reference.token_logps if reference is not None else None, B)
+    mc, mr = _split(policy.mask, B) if policy.token_logps is not None else (None, None)
+    return PairStats(pc, pr, rc, rr, lc, lr, tpc, tpr, trc, trr, mc, mr,
+                     score_chosen=ex.pop("score_chosen", None), score_rejected=ex.pop("score_rejected", None),
+                     margin=ex.pop("margin", None), weight=ex.pop("weight", None), extras=ex)
+
+
+def unpaired_stats(batch: SequenceBatch, policy: SeqLogps, reference: SeqLogps | None = None) -> UnpairedStats:
+    ex = dict(batch.extras)
+    return UnpairedStats(policy.sums, ex.pop("label").bool(), reference.sums if reference is not None else None,
+                         policy.lengths, policy.token_logps,
+                         reference.token_logps if reference is not None else None,
+                         policy.mask if policy.token_logps is not None else None,
+                         weight=ex.pop("weight", None), extras=ex)
+
+
+def list_stats(batch: SequenceBatch, policy: SeqLogps, reference: SeqLogps | None = None) -> ListStats:
+    """Ranked lists: sequences are example-major, ``[B, K]``."""
+    ex = dict(batch.extras)
+    B, K = batch.num_examples, batch.list_size
+
+    def view(x: Any) -> Any:
+        return None if x is None else x.view(B, K, *x.shape[1:])
+
+    return ListStats(view(policy.sums), ex.pop("scores"), view(reference.sums if reference is not None else None),
+                     view(policy.lengths), ex.pop("valid"), view(policy.token_logps),
+                     view(reference.token_logps if reference is not None else None),
+                     view(policy.mask) if policy.token_logps is not None else None,
+                     weight=ex.pop("weight", None), extras=ex)
+
+
+PAIR = register_kind(DataKind(
+    "pair", PairExample, TokenizedPair,
+    collators={"padded": collate.collate_pairs, "prefix_shared": collate_pairs_prefix_shared,
+               "packed": collate_pairs_packed},
+    default_layout="packed",
+    length=lambda it: len(it.prompt_ids) * 2 + len(it.chosen_ids) + len(it.rejected_ids),
+    stats=pair_stats, sequences="blocked",
+    description="a prompt with a chosen and a rejected response"))
+
+UNPAIRED = register_kind(DataKind(
+    "unpaired", UnpairedExample, TokenizedUnpaired,
+    collators={"padded": collate.collate_unpaired, "packed": collate_unpaired_packed},
+    default_layout="padded",
+    length=lambda it: len(it.prompt_ids) + len(it.completion_ids),
+    stats=unpaired_stats, sequences="blocked",
+    description="a prompt with one response labelled desirable or undesirable"))
+
+LIST = register_kind(DataKind(
+    "list", RankedExample, TokenizedRanked,
+    collators={"padded": collate.collate_ranked},
+    default_layout="padded",
+    length=lambda it: sum(len(it.prompt_ids) + len(c) for c in it.completion_ids),
+    stats=list_stats, sequences="example_major",
+    description="a prompt with K scored responses"))

@@ -1,0 +1,156 @@
+"""Sampling responses from a causal LM: the one generation routine of preftune (the arena, the
+diagnostics, the online loops: generate -> score -> pair).
+
+:func:`generate` takes prompts as token ids and returns ``n`` responses per prompt as token ids,
+by transformers' ``model.generate`` (no hand-written sampler):
+
+* batches of up to ``batch_size`` sequences, LEFT-padded with an attention mask (a decoder-only
+  model continues from the last position, so padding goes first; ``generate`` derives the
+  positions from the mask), so a padded prompt gets what it would get alone;
+* without gradients, in eval mode; the model's train/eval mode is restored afterwards;
+* seeded: the draws come from the torch RNG forked and seeded with ``seed`` (the caller's random
+  state is restored after), so equal calls give equal samples and training randomness is
+  untouched. Samples depend on how the prompts are batched, not only on the seed: keep
+  ``batch_size`` and ``bucket_by_length`` to reproduce a run;
+* responses are cut after the first EOS (kept) and never contain padding; a response without
+  EOS used the whole ``max_new_tokens`` budget (``finished`` False).
+
+Sampling settings not named here (repetition penalty, ...) come from the model's
+``generation_config``; ``temperature``, ``top_p``, ``top_k`` and ``do_sample`` are always passed,
+so a checkpoint's shipped defaults do not change them (``top_k=0``, ``top_p=1``, ``temperature=1``:
+plain sampling from the model's distribution).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .loading import unwrap
+from .scoring import eval_mode, model_device
+
+
+@dataclass
+class Generation:
+    """One sampled response: sample ``sample`` (``0..n-1``) of prompt ``index``."""
+
+    index: int
+    sample: int
+    prompt_ids: list[int]
+    response_ids: list[int]   # as generated: ends with EOS unless the budget ran out; no padding
+    finished: bool            # True when the response ends with EOS
+
+
+def eos_id_of(model: Any, tokenizer: Any = None) -> int | list[int] | None:
+    """The end-of-sequence id(s): the tokenizer's, else the model's generation config's, else its config's."""
+    eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+    if eos is None:
+        base = unwrap(model)
+        eos = getattr(getattr(base, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = getattr(getattr(base, "config", None), "eos_token_id", None)
+    return eos
+
+
+def pad_id_of(model: Any, tokenizer: Any = None) -> int:
+    """The padding id: the tokenizer's, else the model config's, else 0."""
+    for src in (tokenizer, getattr(unwrap(model), "config", None)):
+        pid = getattr(src, "pad_token_id", None) if src is not None else None
+        if pid is not None:
+            return int(pid)
+    return 0
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` ``[B, P]`` with every prompt right-aligned (padding first)."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(prompts), P), dtype=torch.long)
+    for j, p in enumerate(prompts):
+        ids[j, P - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        attn[j, P - len(p):] = 1
+    return ids, attn
+
+
+def _eos_set(eos: Any) -> set[int]:
+    if eos is None:
+        return set()
+    if isinstance(eos, (list, tuple, set)):
+        return {int(e) for e in eos}
+    return {int(eos)}
+
+
+def _cut(row: list[int], eos: set[int]) -> tuple[list[int], bool]:
+    """The response up to and including its first EOS; whether there was one."""
+    for t, tok in enumerate(row):
+        if tok in eos:
+            return row[:t + 1], True
+    return row, False
+
+
+def _batches(jobs: list[tuple[int, int]], prompts: list[list[int]], batch_size: int,
+             bucket_by_length: bool) -> list[list[tuple[int, int]]]:
+    """Consecutive jobs, ``batch_size`` at most per batch; with ``bucket_by_length`` jobs are ordered
+    by prompt length (stable) and a batch holds one prompt length only."""
+    if bucket_by_length:
+        jobs = sorted(jobs, key=lambda ij: len(prompts[ij[0]]))
+    out: list[list[tuple[int, int]]] = []
+    for job in jobs:
+        last = out[-1] if out else None
+        if (last is None or len(last) == batch_size
+                or (bucket_by_length and len(prompts[last[0][0]]) != len(prompts[job[0]]))):
+            out.append([job])
+        else:
+            last.append(job)
+    return out
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, n: int = 1, max_new_tokens: int,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, do_sample: bool = True, seed: int = 0,
+             batch_size: int = 64, eos_id: int | Sequence[int] | None = None, pad_id: int | None = None,
+             bucket_by_length: bool = False, progress: bool = False) -> list[Generation]:
+    """``n`` responses to each prompt (token ids); ``out[i * n + j]`` is sample ``j`` of prompt ``i``.
+
+    ``tokenizer`` (may be None) only supplies ``eos_id`` and ``pad_id`` when they are not given
+    (then the model's config does). ``eos_id`` may be a list (any of them ends a response).
+    ``do_sample=False`` is greedy decoding (``temperature``/``top_p``/``top_k`` unused).
+    ``batch_size``: sequences per ``model.generate`` call; the ``n`` samples of a prompt are
+    separate sequences. ``bucket_by_length``: batch only prompts of one length (no padding at
+    all), taking them shortest first; otherwise prompts go in order, left-padded.
+    """
+    if n < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"generate needs n, max_new_tokens and batch_size >= 1, got {n}, {max_new_tokens}, "
+                         f"{batch_size}")
+    if do_sample and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}; use do_sample=False for greedy")
+    prompts = [[int(t) for t in p] for p in prompts]
+    empty = [i for i, p in enumerate(prompts) if not p]
+    if empty:
+        raise ValueError(f"prompts {empty[:5]} are empty: generation needs at least one prompt token")
+    eos = eos_id_of(model, tokenizer) if eos_id is None else eos_id
+    pad = pad_id_of(model, tokenizer) if pad_id is None else int(pad_id)
+    eos_set = _eos_set(eos)
+    settings: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} \
+        if do_sample else {"do_sample": False}
+    settings.update(max_new_tokens=max_new_tokens, eos_token_id=list(eos) if isinstance(eos, (tuple, set)) else eos,
+                    pad_token_id=pad, use_cache=True)
+    jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
+    out: list[Generation | None] = [None] * len(jobs)
+    dev = model_device(model)
+    devices = list(range(torch.cuda.device_count())) if dev.type == "cuda" else []
+    from tqdm.auto import tqdm
+
+    with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for chunk in tqdm(_batches(jobs, prompts, batch_size, bucket_by_length), desc="generating",
+                          disable=not progress, leave=False):
+            ids, attn = left_pad([prompts[i] for i, _ in chunk], pad)
+            gen = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev), **settings)
+            for (i, j), row in zip(chunk, gen[:, ids.shape[1]:].tolist()):
+                resp, finished = _cut(row, eos_set)
+                out[i * n + j] = Generation(i, j, prompts[i], resp, finished)
+    return out  # type: ignore[return-value]
+
+
+__all__ = ["Generation", "eos_id_of", "generate", "left_pad", "pad_id_of"]

@@ -1,0 +1,43 @@
+"""Optimizer, learning-rate schedule and gradient norm: AdamW over the policy's trainable parameters and
+the objective's own (:func:`preftune.objectives.base.objective_state`)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from .config import TrainConfig
+
+
+def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        progress = min(max(progress, 0.0), 1.0)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, total: int) -> tuple[Any, Any]:
+    """AdamW and its LambdaLR schedule (warmup, then linear/cosine/constant) over ``total`` steps."""
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, warmup, total))
+    return optimizer, scheduler
+
+
+def grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """The global gradient norm, clipped to ``max_norm`` when given."""
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    if max_norm is not None:
+        return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
+    return float(torch.norm(torch.stack([p.grad.detach().norm() for p in grads])))
