@@ -283,8 +283,19 @@ class RefuseTask(Task):
 TASKS: dict[str, type[Task]] = {t.name: t for t in (SortTask, ConciseTask, RefuseTask)}
 
 
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a :class:`Task` subclass available by name (``preftune arena --tasks NAME``
+    from Python, :func:`get_task`)."""
+    if not cls.name:
+        raise ValueError(f"task {cls.__name__} has no name")
+    if cls.name in TASKS and TASKS[cls.name] is not cls:
+        raise ValueError(f"arena task '{cls.name}' is already registered by {TASKS[cls.name].__name__}")
+    TASKS[cls.name] = cls
+    return cls
+
+
 def get_task(name: str, **params) -> Task:
-    """A built-in task by name."""
+    """A registered task by name (the built-in ones and any :func:`register_task` added)."""
     from ..errors import ConfigError
 
     if name not in TASKS:

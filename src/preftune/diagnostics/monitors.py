@@ -245,6 +245,16 @@ MONITORS: dict[str, type[DiagnosticMonitor]] = {
                         LengthBiasMonitor, LogpTrackingMonitor)}
 
 
+def register_monitor(cls: type[DiagnosticMonitor]) -> type[DiagnosticMonitor]:
+    """Class decorator: make a :class:`DiagnosticMonitor` available by name (``--monitor NAME``)."""
+    if not cls.name:
+        raise ValueError(f"monitor {cls.__name__} has no name")
+    if cls.name in MONITORS and MONITORS[cls.name] is not cls:
+        raise ValueError(f"monitor '{cls.name}' is already registered by {MONITORS[cls.name].__name__}")
+    MONITORS[cls.name] = cls
+    return cls
+
+
 def make_monitors(names: list[str], every: int, **options: Any) -> list[Callback]:
     """Monitors by name (``ranking_accuracy``, ``ches``, ``entanglement``, ``topk_entropy``,
     ``length_bias``, ``logp_tracking``), each running every ``every`` steps.
@@ -307,6 +317,6 @@ if __name__ == "__main__":  # pragma: no cover
     for name, sec in measure_costs().items():
         print(f"{name:<18} {sec:.3f} s/call")
 
-__all__ = ["MONITORS", "ChesMonitor", "DiagnosticMonitor", "EntanglementMonitor",
+__all__ = ["MONITORS", "register_monitor", "ChesMonitor", "DiagnosticMonitor", "EntanglementMonitor",
            "LengthBiasMonitor", "LogpTrackingMonitor", "RankingAccuracyMonitor", "TopkEntropyMonitor",
            "make_monitors", "measure_costs"]

@@ -31,8 +31,14 @@ class SourceBatch:
 
 
 class BatchSource:
-    """The interface the loop uses. ``provides``: needs the source fills (data columns)."""
+    """The interface the loop uses.
 
+    ``kind``: the :class:`~preftune.kinds.DataKind` of its batches (checked against the objective's);
+    ``collate``: items -> batch in the source's layout (suppliers re-collate with it); ``name``: for
+    messages; ``provides``: needs the source fills itself (data columns)."""
+
+    name: str = "batch source"
+    kind: Any = None
     provides: tuple[str, ...] = ()
     collate: Callable[[Sequence[Any]], SequenceBatch]
 
