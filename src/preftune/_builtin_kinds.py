@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from .data import collate
 from .data.packed import collate_pairs_packed, collate_unpaired_packed
 from .data.prefix_shared import collate_pairs_prefix_shared
@@ -63,6 +65,8 @@ PAIR = register_kind(DataKind(
     default_layout="packed",
     length=lambda it: len(it.prompt_ids) * 2 + len(it.chosen_ids) + len(it.rejected_ids),
     stats=pair_stats, sequences="blocked",
+    groups=lambda b: {"chosen": torch.arange(b.num_sequences) < b.num_examples,
+                      "rejected": torch.arange(b.num_sequences) >= b.num_examples},
     description="a prompt with a chosen and a rejected response"))
 
 UNPAIRED = register_kind(DataKind(
@@ -71,6 +75,7 @@ UNPAIRED = register_kind(DataKind(
     default_layout="padded",
     length=lambda it: len(it.prompt_ids) + len(it.completion_ids),
     stats=unpaired_stats, sequences="blocked",
+    groups=lambda b: {"chosen": b.extras["label"].cpu() > 0.5, "rejected": b.extras["label"].cpu() <= 0.5},  # as TRL's KTO
     description="a prompt with one response labelled desirable or undesirable"))
 
 LIST = register_kind(DataKind(

@@ -11,7 +11,9 @@ to know about one kind of example:
   j-th sequence of example b; pairs: all chosen, then all rejected) or ``"example_major"``
   (``b * K + j``; ranked lists);
 * ``stats`` -- the function that turns the policy's (and reference's) per-sequence log-probs into
-  the stats object its objectives take (:class:`~preftune.objectives.base.PairStats`, ...).
+  the stats object its objectives take (:class:`~preftune.objectives.base.PairStats`, ...);
+* ``groups`` -- which sequences the forward's own metrics are reported for, by name (pairs:
+  ``chosen`` and ``rejected``, as TRL's ``logits/chosen``).
 
 Adding a kind (later: prompt-only batches for online training, scored pairs for reward models) is
 one :func:`register_kind` call in a new module; nothing in ``train/`` changes.
@@ -41,6 +43,7 @@ class DataKind:
     stats: Callable[..., Any]
     sequences: str = "blocked"                       # or "example_major"
     description: str = ""
+    groups: Callable[[Any], dict[str, Any]] | None = None  # metric name -> bool mask over the batch's sequences
     extra: dict[str, Any] = field(default_factory=dict)
 
     def collator(self, layout: str, pad_id: int) -> Callable[[Sequence[Any]], Any]:
@@ -78,10 +81,9 @@ _KINDS: dict[str, DataKind] = {}
 
 
 def register_kind(kind: DataKind) -> DataKind:
-    if kind.name in _KINDS and _KINDS[kind.name] is not kind:
-        raise ValueError(f"data kind '{kind.name}' is already registered")
-    _KINDS[kind.name] = kind
-    return kind
+    from .registry import add
+
+    return add(_KINDS, kind.name, kind, "data kind")
 
 
 def get_kind(name: str) -> DataKind:

@@ -286,12 +286,9 @@ TASKS: dict[str, type[Task]] = {t.name: t for t in (SortTask, ConciseTask, Refus
 def register_task(cls: type[Task]) -> type[Task]:
     """Class decorator: make a :class:`Task` subclass available by name (``preftune arena --tasks NAME``
     from Python, :func:`get_task`)."""
-    if not cls.name:
-        raise ValueError(f"task {cls.__name__} has no name")
-    if cls.name in TASKS and TASKS[cls.name] is not cls:
-        raise ValueError(f"arena task '{cls.name}' is already registered by {TASKS[cls.name].__name__}")
-    TASKS[cls.name] = cls
-    return cls
+    from ..registry import add
+
+    return add(TASKS, cls.name, cls, "arena task")
 
 
 def get_task(name: str, **params) -> Task:

@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--max-length", type=int, default=1024, help="with --model: max prompt+response tokens")
     v.add_argument("--max-prompt-length", type=int, default=512, help="with --model: max prompt tokens")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("--no-progress", action="store_true", help="no progress bars (tokenizing, model loading)")
     v.set_defaults(func=run_validate)
 
     f = dsub.add_parser("filter", help="drop the top fraction of pairs by a diagnostic score",
@@ -36,11 +37,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--output", required=True, help="output JSONL with the kept rows (written atomically)")
     f.add_argument("--by", choices=("ches", "ln_ches"), default="ches",
                    help="score: ches, or its length-normalised variant ln_ches (default: ches)")
-    f.add_argument("--drop", type=float, default=0.05, help="fraction of pairs to drop (default: 0.05)")
+    f.add_argument("--drop", type=float, default=0.05,
+                   help="fraction of pairs to drop, at least 0 and below 1 (default: 0.05)")
+    f.add_argument("--on-bad-row", choices=("error", "skip"), default="error",
+                   help="error: stop at the first bad row (default); skip: leave bad rows out and count them")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars (model loading)")
     f.set_defaults(func=run_filter)
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from .diagnose import progress_bars
+
+    with progress_bars(not args.no_progress):
+        return _validate(args)
+
+
+def _validate(args: argparse.Namespace) -> int:
     from ..data import load_examples, tokenize_examples
 
     res = load_examples(args.data, split=args.split, on_bad_row=args.on_bad_row)
@@ -50,14 +62,18 @@ def run_validate(args: argparse.Namespace) -> int:
         from ..models.loading import load_tokenizer
 
         tres = tokenize_examples(res.examples, load_tokenizer(args.model), max_length=args.max_length,
-                                 max_prompt_length=args.max_prompt_length, on_bad_row=args.on_bad_row)
+                                 max_prompt_length=args.max_prompt_length, on_bad_row=args.on_bad_row,
+                                 progress=not args.no_progress)
         report.update(tokenized=len(tres.items), truncated=tres.truncated, tokenize_skipped=tres.skipped)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"{report['source']}: {report['valid']} valid of {report['rows']} rows; kind {report['kind']}, "
               f"format {report['format']}")
-        for k, n in sorted({**report["skipped"], **report.get("tokenize_skipped", {})}.items()):
+        counts = dict(report["skipped"])
+        for k, n in report.get("tokenize_skipped", {}).items():  # a reason of both stages: their sum
+            counts[k] = counts.get(k, 0) + n
+        for k, n in sorted(counts.items()):
             print(f"  skipped {n} row(s): {k}")
         if args.model:
             print(f"  {report['truncated']} row(s) truncated at max_length={args.max_length}, "
@@ -66,8 +82,21 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_filter(args: argparse.Namespace) -> int:
-    from ..diagnostics import filter_file
+    """Score, then write the kept rows to ``--output`` atomically (``filter_file`` writes through
+    ``preftune.io.write_text``: a temporary file renamed into place), so a failure leaves no
+    partial output and an existing output file as it was."""
+    import math
 
-    report = filter_file(args.model, args.data, args.output, by=args.by, drop=args.drop)
+    from ..errors import ConfigError
+    from .diagnose import progress_bars
+
+    # Checked before any model is loaded: --drop 1 would drop every pair (and NaN none of them).
+    if not (math.isfinite(args.drop) and 0.0 <= args.drop < 1.0):
+        raise ConfigError(f"--drop must be a fraction at least 0 and below 1, got {args.drop:g}")
+    with progress_bars(not args.no_progress):
+        from ..diagnostics import filter_file
+
+        report = filter_file(args.model, args.data, args.output, by=args.by, drop=args.drop,
+                             on_bad_row=args.on_bad_row)
     print(json.dumps(report, indent=2, default=str))
     return 0

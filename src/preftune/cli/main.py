@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="preftune", description="Preference optimization for language models.")
     from .. import __version__
     parser.add_argument("--version", action="version", version=f"preftune {__version__}")
+    parser.add_argument("--no-progress", dest="global_no_progress", action="store_true",
+                        help="no progress bars, whatever the command (preftune --no-progress train ...)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module in SUBCOMMANDS.items():
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _apply_global_options(args)
     try:
         return int(args.func(args) or 0)
     except PreftuneError as e:
@@ -46,6 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"preftune {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _apply_global_options(args: argparse.Namespace) -> None:
+    """Hand the global options to the subcommand, in its own spelling: ``train`` takes a ``progress``
+    option (a TrainConfig field), the others a ``no_progress`` switch."""
+    quiet = vars(args).pop("global_no_progress", False)
+    if not quiet:
+        return
+    if args.command == "train":
+        args.progress = False
+    else:
+        args.no_progress = True
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,19 +11,23 @@ Formats use TRL's field names, so datasets made for TRL load unchanged:
 
 Optional numeric columns ``score_chosen``, ``score_rejected``, ``margin``, ``weight`` go to
 ``example.extras``. Unknown columns are ignored. Every problem is a one-line ``DataError``
-naming file, row and field, with a ``reason`` code that skip mode counts.
+naming file, row and field, with a ``reason`` code that skip mode counts. Text must be valid
+Unicode: a lone surrogate (e.g. the JSON escape ``"\\ud800"``), which no tokenizer can encode, is
+a bad row (reason ``encoding``) in any text field -- prompt, responses, message contents,
+ranked completions.
 """
 from __future__ import annotations
 
 import logging
 import math
 import numbers
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from .records import RawRecord, read_records
+from .records import RawRecord, Split, read_records_split
 from .types import PAIR_EXTRA_FIELDS, Example, PairExample, RankedExample, UnpairedExample
 
 log = logging.getLogger("preftune.data")
@@ -32,7 +36,14 @@ ROLES = ("system", "user", "assistant", "tool")
 FORMAT_KIND = {"explicit": "pair", "conversational": "pair", "implicit": "pair",
                "unpaired": "unpaired", "ranked": "list"}
 KINDS = ("pair", "unpaired", "list")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 EXTRA_FIELDS = {"pair": PAIR_EXTRA_FIELDS, "unpaired": ("weight",), "list": ("weight",)}
+
+
+class KindError(DataError, ConfigError):
+    """The data holds examples of a kind that cannot become the kind asked for (e.g. unpaired
+    data for a pairwise objective). Both a ``DataError`` (it names the file) and a
+    ``ConfigError`` (the data and the requested objective do not go together)."""
 
 
 @dataclass
@@ -45,18 +56,28 @@ class LoadResult:
     source: str
     skipped: dict[str, int] = field(default_factory=dict)
     total_rows: int = 0
+    split: str | None = None  # the split read (None: the source has no splits)
+    data_kind: str = ""       # the kind the data itself holds, before any conversion to ``kind``
 
 
-def load_examples(source: Any, *, split: str = "train", on_bad_row: str = "error",
+def load_examples(source: Any, *, split: Split = "train", on_bad_row: str = "error",
                   kind: str | None = None) -> LoadResult:
     """Read ``source`` and return validated, typed examples of a single format.
 
+    ``split``: the split of a source that has splits (a ``DatasetDict``, a directory of
+    ``train.jsonl``/``test.jsonl``, ...); or a sequence of names in order of preference, of
+    which the first present is read -- ``EVAL_SPLITS`` (test, validation, valid, eval, dev) for
+    evaluation data -- and a source with splits but none of them is refused with a one-line
+    error listing its splits. ``result.split`` names the split read.
+
     ``on_bad_row="error"`` raises the first bad row's ``DataError``; ``"skip"`` drops bad rows
     and counts them by reason in ``result.skipped`` (and logs a warning); skipping every row
-    is an error. ``kind`` asks for a kind of example: ``"pair"``, ``"unpaired"`` (pair data is
-    split into a desirable and an undesirable example, as TRL's ``unpair_preference_dataset``)
-    or ``"list"`` (``"ranked"`` also works; a pair becomes a list of two, scored by
-    ``score_chosen``/``score_rejected`` when present, else 1 and 0).
+    is an error. ``kind`` demands a kind of example: ``"pair"``, ``"unpaired"`` (pair data is
+    split into a desirable and an undesirable example, as TRL's ``unpair_preference_dataset``
+    and ``KTOTrainer`` do) or ``"list"`` (``"ranked"`` also works; a pair becomes a list of two,
+    scored by ``score_chosen``/``score_rejected`` when present, else 1 and 0). Data of a kind
+    that does not convert (unpaired or ranked data asked for as pairs, ...) raises a one-line
+    ``KindError`` (a ``ConfigError`` and a ``DataError``).
     """
     if on_bad_row not in ("error", "skip"):
         raise ConfigError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
@@ -64,7 +85,7 @@ def load_examples(source: Any, *, split: str = "train", on_bad_row: str = "error
         kind = "list"
     if kind is not None and kind not in KINDS:
         raise ConfigError(f"kind must be one of {', '.join(KINDS)} or None, got {kind!r}")
-    name, records = read_records(source, split=split)
+    name, records, split_read = read_records_split(source, split=split)
 
     skipped: Counter[str] = Counter()
     examples: list[Example] = []
@@ -98,10 +119,11 @@ def load_examples(source: Any, *, split: str = "train", on_bad_row: str = "error
     assert fmt is not None
     data_kind = FORMAT_KIND[fmt]
     _check_extras_consistent(examples, name)
+    have = data_kind
     if kind is not None and kind != data_kind:
         examples = _convert(examples, data_kind, kind, fmt, name)
         data_kind = kind
-    return LoadResult(examples, data_kind, fmt, name, dict(skipped), len(records))
+    return LoadResult(examples, data_kind, fmt, name, dict(skipped), len(records), split_read, have)
 
 
 # ------------------------------------------------------------------------------------ detection
@@ -151,13 +173,28 @@ class _Row:
             raise self.error("is missing", name, "missing_field")
         return self.value[name]
 
-    def text(self, name: str) -> str:
-        v = self.get(name)
+    def text(self, name: str, value: Any = None) -> str:
+        v = self.get(name) if value is None else value
         if not isinstance(v, str):
             raise self.error(f"must be a string, got {_type_name(v)}", name, "wrong_type")
         if not v.strip():
             raise self.error("is empty" if not v else "is only whitespace", name, "empty")
+        self.unicode(v, name)
         return v
+
+    def unicode(self, v: Any, name: str) -> None:
+        """Every string in ``v`` (nested lists/dicts too) must be valid Unicode: no lone surrogate."""
+        if isinstance(v, str):
+            at = _surrogate_at(v)
+            if at is not None:
+                raise self.error(f"is not valid Unicode text: a lone surrogate U+{ord(v[at]):04X} at character "
+                                 f"{at + 1} (a broken \\u escape or a split emoji?)", name, "encoding")
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                self.unicode(x, f"{name}.{k}")
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                self.unicode(x, f"{name}[{i}]")
 
     def messages(self, name: str, value: Any = None, *, response: bool) -> list[dict[str, Any]]:
         v = self.get(name) if value is None else value
@@ -184,6 +221,7 @@ class _Row:
             if not isinstance(content, str):
                 raise self.error(f"must be a string, got {_type_name(content)}", f"{where}.content",
                                  "wrong_type")
+            self.unicode(m, where)  # the content, and any other field a chat template may render
             # Parquet/datasets fill absent struct fields with None; chat templates test for presence.
             out.append({k: x for k, x in m.items() if x is not None})
         if response and not any(m["content"].strip() for m in out):
@@ -302,12 +340,10 @@ def _ranked(r: _Row, conv: bool) -> tuple[tuple[Any, ...], tuple[float, ...]]:
         where = f"completions[{i}]"
         if conv:
             out.append(r.messages(where, c, response=True))
-        elif not isinstance(c, str):
-            raise r.error(f"must be a string, got {_type_name(c)}", where, "wrong_type")
-        elif not c.strip():
-            raise r.error("is empty", where, "empty")
+        elif c is None:
+            raise r.error("is missing", where, "missing_field")
         else:
-            out.append(c)
+            out.append(r.text(where, c))
     scores = r.get("scores")
     if not isinstance(scores, list):
         raise r.error(f"must be a list of numbers, got {_type_name(scores)}", "scores", "wrong_type")
@@ -335,11 +371,26 @@ def _check_extras_consistent(examples: list[Example], name: str) -> None:
 
 
 def _convert(examples: list[Example], have: str, want: str, fmt: str, name: str) -> list[Example]:
+    """Pair data as ``want`` examples; any other conversion is a ``KindError``.
+
+    pair -> unpaired follows TRL's ``unpair_preference_dataset`` (used by ``KTOTrainer`` /
+    ``BCOTrainer`` on paired data): each pair gives its chosen response labelled desirable and
+    its rejected one undesirable, both with the pair's prompt, row and ``weight``; each keeps the
+    field it came from (``origin``) so that a later error names ``chosen`` or ``rejected``.
+    Extras that have no meaning for a single completion (``score_*``, ``margin``) are dropped,
+    with a warning.
+    """
+    if have == "pair" and want != "pair":
+        used = EXTRA_FIELDS[want] + (("score_chosen", "score_rejected") if want == "list" else ())
+        dropped = sorted({k for ex in examples for k in ex.extras if k not in used})
+        if dropped:
+            log.warning("%s: column(s) %s do not apply to %s examples and are ignored", name, ", ".join(dropped),
+                        want)
     if have == "pair" and want == "unpaired":
         weight = lambda ex: {"weight": ex.extras["weight"]} if "weight" in ex.extras else {}  # noqa: E731
         return [u for ex in examples for u in (
-            UnpairedExample(ex.prompt, ex.chosen, True, ex.row, ex.source, weight(ex)),
-            UnpairedExample(ex.prompt, ex.rejected, False, ex.row, ex.source, weight(ex)))]
+            UnpairedExample(ex.prompt, ex.chosen, True, ex.row, ex.source, weight(ex), origin="chosen"),
+            UnpairedExample(ex.prompt, ex.rejected, False, ex.row, ex.source, weight(ex), origin="rejected"))]
     if have == "pair" and want == "list":
         out = []
         for ex in examples:
@@ -347,8 +398,14 @@ def _convert(examples: list[Example], have: str, want: str, fmt: str, name: str)
             extras = {"weight": ex.extras["weight"]} if "weight" in ex.extras else {}
             out.append(RankedExample(ex.prompt, (ex.chosen, ex.rejected), scores, ex.row, ex.source, extras))
         return out
-    raise DataError(f"holds {have} examples ({fmt} format) but {want} examples were asked for; "
+    raise KindError(f"holds {have} examples ({fmt} format) but {want} examples were asked for; "
                     "only pair data converts (to unpaired or list)", file=name, reason="wrong_kind")
+
+
+def _surrogate_at(text: str) -> int | None:
+    """Index of the first surrogate code point in ``text`` (never valid in decoded text), or None."""
+    m = None if text.isascii() else _SURROGATE.search(text)
+    return None if m is None else m.start()
 
 
 def _is_number(v: Any) -> bool:

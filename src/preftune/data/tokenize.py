@@ -31,6 +31,7 @@ log = logging.getLogger("preftune.data")
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
 _CHUNK = 1024  # text examples are tokenized in batches of this many (the fast tokenizer's batch call)
+PROGRESS_MIN = 2000  # fewer examples than this tokenize without a progress bar (it would only flash)
 Tokenized = TokenizedPair | TokenizedUnpaired | TokenizedRanked
 
 
@@ -52,12 +53,14 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 def tokenize_examples(examples: Sequence[Example], tokenizer: Any, *, max_length: int | None = 1024,
                       max_prompt_length: int | None = 512, truncation: str = "keep_end",
-                      on_bad_row: str = "error") -> TokenizeResult:
+                      on_bad_row: str = "error", progress: bool = False) -> TokenizeResult:
     """Tokenize ``examples`` (all of one kind) with ``tokenizer``; see the module docstring.
 
     ``None`` for ``max_length`` / ``max_prompt_length`` turns that cut off. With
     ``on_bad_row="skip"`` rows that cannot be tokenized (prompt too long, a chat template
     error, no response tokens) are dropped and counted by reason in ``result.skipped``.
+    ``progress``: show a progress bar (tqdm, on stderr) when there are at least
+    ``PROGRESS_MIN`` examples; off by default, so library calls stay quiet.
     """
     if truncation not in TRUNCATION_MODES:
         raise ConfigError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {truncation!r}")
@@ -76,18 +79,25 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, *, max_length
     items: list[Tokenized] = []
     skipped: Counter[str] = Counter()
     truncated = 0
-    for start in range(0, len(examples), _CHUNK):
-        enc.encode_texts(examples[start:start + _CHUNK])
-        for ex in examples[start:start + _CHUNK]:
-            try:
-                item = _tokenize_one(ex, enc, max_length, max_prompt_length, truncation)
-            except DataError as e:
-                if on_bad_row == "error":
-                    raise
-                skipped[e.reason or "invalid"] += 1
-                continue
-            truncated += item.truncated
-            items.append(item)
+    bar = _progress_bar(len(examples), progress)
+    try:
+        for start in range(0, len(examples), _CHUNK):
+            enc.encode_texts(examples[start:start + _CHUNK])
+            for ex in examples[start:start + _CHUNK]:
+                if bar is not None:
+                    bar.update(1)
+                try:
+                    item = _tokenize_one(ex, enc, max_length, max_prompt_length, truncation)
+                except DataError as e:
+                    if on_bad_row == "error":
+                        raise
+                    skipped[e.reason or "invalid"] += 1
+                    continue
+                truncated += item.truncated
+                items.append(item)
+    finally:
+        if bar is not None:
+            bar.close()
     if enc.moved:
         log.warning("%d of %d rows: the tokenized prompt is not a prefix of prompt+response (tokens merge across "
                     "the boundary, or the chat template renders the prompt differently alone); their responses "
@@ -97,6 +107,15 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, *, max_length
         raise DataError(f"no rows left after tokenization: all {len(examples)} were skipped ({detail})",
                         reason="no_rows")
     return TokenizeResult(items, truncated, dict(skipped))
+
+
+def _progress_bar(total: int, progress: bool) -> Any:
+    """A tqdm bar over ``total`` examples, or None when off (not asked for, or too few to matter)."""
+    if not progress or total < PROGRESS_MIN:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="tokenizing", unit="row", dynamic_ncols=True, leave=False)
 
 
 class _Encoder:
@@ -155,7 +174,7 @@ def _responses(ex: Example) -> tuple[list[Any], list[str]]:
     if isinstance(ex, PairExample):
         return [ex.chosen, ex.rejected], ["chosen", "rejected"]
     if isinstance(ex, UnpairedExample):
-        return [ex.completion], ["completion"]
+        return [ex.completion], [getattr(ex, "origin", "completion")]
     if isinstance(ex, RankedExample):
         return list(ex.completions), [f"completions[{i}]" for i in range(len(ex.completions))]
     raise TypeError(f"not an example: {type(ex).__name__}")

@@ -49,7 +49,9 @@ class PairExample:
 
 @dataclass(frozen=True)
 class UnpairedExample:
-    """One completion with a desirable (True) / undesirable (False) label."""
+    """One completion with a desirable (True) / undesirable (False) label. ``origin``: the field
+    the completion was read from, when not ``completion`` (``chosen``/``rejected`` of a pair split
+    in two), so that errors name the field in the file; it takes no part in equality."""
 
     prompt: Text
     completion: Text
@@ -57,6 +59,7 @@ class UnpairedExample:
     row: int = -1
     source: str = ""
     extras: dict[str, float] = field(default_factory=dict)
+    origin: str = field(default="completion", compare=False, repr=False)
 
     @property
     def conversational(self) -> bool:

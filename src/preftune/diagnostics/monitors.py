@@ -247,12 +247,9 @@ MONITORS: dict[str, type[DiagnosticMonitor]] = {
 
 def register_monitor(cls: type[DiagnosticMonitor]) -> type[DiagnosticMonitor]:
     """Class decorator: make a :class:`DiagnosticMonitor` available by name (``--monitor NAME``)."""
-    if not cls.name:
-        raise ValueError(f"monitor {cls.__name__} has no name")
-    if cls.name in MONITORS and MONITORS[cls.name] is not cls:
-        raise ValueError(f"monitor '{cls.name}' is already registered by {MONITORS[cls.name].__name__}")
-    MONITORS[cls.name] = cls
-    return cls
+    from ..registry import add
+
+    return add(MONITORS, cls.name, cls, "monitor")
 
 
 def make_monitors(names: list[str], every: int, **options: Any) -> list[Callback]:

@@ -32,9 +32,9 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
 
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot load a tokenizer from '{name_or_path}': {str(e).splitlines()[0]}") from None
-    if tok.pad_token is None:
+    except Exception as e:  # noqa: BLE001 - corrupt or foreign tokenizer files surface as many types
+        raise ConfigError(f"cannot load a tokenizer from '{name_or_path}': {_first_line(e)}") from None
+    if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
 
@@ -51,8 +51,10 @@ def load_model(name_or_path: str, *, dtype: str = "fp32", gradient_checkpointing
         kwargs["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    except OSError as e:
-        raise ConfigError(f"cannot load model '{name_or_path}': {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - a bad directory surfaces as many types; each becomes one line
+        if _is_oom(e):
+            raise
+        raise ConfigError(f"cannot load model '{name_or_path}': {_first_line(e)}") from None
     model.to(device)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -65,9 +67,52 @@ def load_model(name_or_path: str, *, dtype: str = "fp32", gradient_checkpointing
 def apply_lora(model: Any, lora: LoraSettings) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=lora.target_modules, task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
+    targets = lora.target_modules
+    if isinstance(targets, str) and targets != "all-linear" and "," in targets:
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    try:
+        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                         task_type="CAUSAL_LM")
+        return get_peft_model(model, cfg)
+    except ValueError as e:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(f"--lora-target {lora.target_modules!r}: {_first_line(e)}; this model's linear layers "
+                          f"are {', '.join(names)} (or use all-linear)") from None
+
+
+def disable_dropout(model: Any) -> int:
+    """Set every dropout probability of ``model`` to 0, as TRL does by default (``disable_dropout=True``):
+    ``nn.Dropout`` modules and the attention-dropout rates attention layers read at run time. Returns how
+    many were non-zero."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            m.p, n = 0.0, n + 1
+        for attr in ("attention_dropout", "attn_dropout_p", "dropout_p"):
+            v = getattr(m, attr, None)
+            if isinstance(v, float) and v > 0:
+                setattr(m, attr, 0.0)
+                n += 1
+    return n
+
+
+def position_limit(model: Any) -> int | None:
+    """The longest sequence the model's positions allow (``max_position_embeddings`` / ``n_positions``)."""
+    cfg = getattr(unwrap(model), "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(e).lower()
 
 
 def is_peft(model: Any) -> bool:

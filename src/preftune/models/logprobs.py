@@ -41,6 +41,8 @@ class SeqLogps:
     mask: Tensor
     token_logps: Tensor | None = None
     label_states: Tensor | None = None  # [N, H] final hidden state predicting each label (label_sources order)
+    logit_sums: Tensor | None = None    # [S] sum over response tokens and the vocabulary of the logits (no grad)
+    vocab_size: int = 0
 
 
 def _attn_implementation(model: Any) -> str:
@@ -106,31 +108,29 @@ def head_fn(model: Any, *, base_weights: bool = False) -> Callable[[Tensor], Ten
     return lambda h: head(h).float()
 
 
-def _target_logps(head: Callable[[Tensor], Tensor], h: Tensor, y: Tensor) -> Tensor:
-    logits = head(h)
-    return logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
 class _LinearTargetLogps(torch.autograd.Function):
     """``log_softmax(softcap(h @ W.T + b))[y]`` in row chunks; saves only ``h`` and the
     log-normaliser, recomputes each chunk's logits in backward."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int,
-                cap: float | None) -> Tensor:
+                cap: float | None) -> tuple[Tensor, Tensor]:
         N = hidden.shape[0]
         out = torch.empty(N, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        zsum = torch.empty(N, dtype=torch.float32, device=hidden.device)  # for TRL's logits/* metrics
         for i in range(0, N, chunk):
             z = _linear_logits(hidden[i:i + chunk], weight, bias, cap)
             lse[i:i + chunk] = torch.logsumexp(z, dim=-1)
+            zsum[i:i + chunk] = z.sum(-1)
             out[i:i + chunk] = z.gather(-1, targets[i:i + chunk].unsqueeze(-1)).squeeze(-1) - lse[i:i + chunk]
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk, ctx.cap = chunk, cap
-        return out
+        ctx.mark_non_differentiable(zsum)
+        return out, zsum
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor, grad_zsum: Tensor | None = None):  # type: ignore[override]
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         chunk, cap = ctx.chunk, ctx.cap
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -171,24 +171,34 @@ def _linear_logits(h: Tensor, weight: Tensor, bias: Tensor | None, cap: float | 
 
 
 def chunked_target_logps(head: Callable[[Tensor], Tensor] | torch.nn.Linear, hidden: Tensor, targets: Tensor,
-                         chunk_size: int = DEFAULT_CHUNK, *, softcap: float | None = None) -> Tensor:
+                         chunk_size: int = DEFAULT_CHUNK, *, softcap: float | None = None,
+                         logit_sums: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """``log softmax(head(hidden))[targets]`` for ``hidden`` ``[N, H]``, ``chunk_size`` rows at a time.
 
     ``head`` is an ``nn.Linear`` (fast path: custom autograd, optional ``softcap``) or any
-    callable returning float logits (checkpointed per chunk)."""
+    callable returning float logits (checkpointed per chunk). ``logit_sums``: also return each row's
+    sum of logits over the vocabulary ``[N]`` (no gradient), from the same chunks."""
     if hidden.shape[0] == 0:
-        return hidden.new_zeros(0, dtype=torch.float32)
+        z = hidden.new_zeros(0, dtype=torch.float32)
+        return (z, z.clone()) if logit_sums else z
     if type(head) is torch.nn.Linear:
-        return _LinearTargetLogps.apply(hidden, head.weight, head.bias, targets, chunk_size, softcap)
+        lp, zsum = _LinearTargetLogps.apply(hidden, head.weight, head.bias, targets, chunk_size, softcap)
+        return (lp, zsum) if logit_sums else lp
     grad = torch.is_grad_enabled() and hidden.requires_grad
-    out = []
+    out, sums = [], []
     for i in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[i:i + chunk_size], targets[i:i + chunk_size]
-        if grad:
-            out.append(checkpoint(_target_logps, head, h, y, use_reentrant=False))
-        else:
-            out.append(_target_logps(head, h, y))
-    return torch.cat(out)
+        lp, zs = checkpoint(_target_logps_sums, head, h, y, use_reentrant=False) if grad \
+            else _target_logps_sums(head, h, y)
+        out.append(lp)
+        sums.append(zs)
+    return (torch.cat(out), torch.cat(sums)) if logit_sums else torch.cat(out)
+
+
+def _target_logps_sums(head: Callable[[Tensor], Tensor], h: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    logits = head(h)
+    lp = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return lp, logits.detach().sum(-1)
 
 
 def _head(model: Any) -> tuple[Any, float | None]:
@@ -207,31 +217,47 @@ def token_logps(model: Any, batch: SequenceBatch, *, chunk_size: int = DEFAULT_C
 
 
 def _token_logps(model: Any, batch: SequenceBatch, chunk_size: int, full_logits: bool
-                 ) -> tuple[Tensor, Tensor | None]:
-    """Per-token log-probs ``[R, T]`` and the final hidden states that predict the labels ``[N, H]``
-    (None on the full-logits path)."""
+                 ) -> tuple[Tensor, Tensor | None, Tensor, int]:
+    """Per-token log-probs ``[R, T]``, the final hidden states that predict the labels ``[N, H]`` (None on the
+    full-logits path), each label position's sum of logits over the vocabulary ``[R, T]`` (no gradient) and
+    the vocabulary size."""
     R, T = batch.input_ids.shape
     r, t, src = label_sources(batch)
     if full_logits:
         logits = model(**model_inputs(batch, model)).logits.float()
         logp = F.log_softmax(logits, dim=-1)
         sel = logp[r, src].gather(-1, batch.input_ids[r, t].unsqueeze(-1)).squeeze(-1)
-        return torch.zeros(R, T, dtype=torch.float32, device=logits.device).index_put((r, t), sel), None
+        zsum = torch.zeros(R, T, dtype=torch.float32, device=logits.device).index_put(
+            (r, t), logits[r, src].detach().sum(-1))
+        return (torch.zeros(R, T, dtype=torch.float32, device=logits.device).index_put((r, t), sel), None, zsum,
+                logits.shape[-1])
     from .hidden import decoder_hidden  # hidden.py builds on this module
 
     states = decoder_hidden(model, batch)[r, src]
     head, cap = _head(model)
-    sel = chunked_target_logps(head, states, batch.input_ids[r, t], chunk_size, softcap=cap)
+    sel, sums = chunked_target_logps(head, states, batch.input_ids[r, t], chunk_size, softcap=cap, logit_sums=True)
     lp = torch.zeros(R, T, dtype=torch.float32, device=states.device)
-    return lp.index_put((r, t), sel), states
+    zsum = torch.zeros(R, T, dtype=torch.float32, device=states.device).index_put((r, t), sums)
+    vocab = _vocab_size(model)
+    return lp.index_put((r, t), sel), states, zsum, vocab
+
+
+def _vocab_size(model: Any) -> int:
+    base = unwrap(model)
+    w = getattr(base.get_output_embeddings(), "weight", None)
+    return int(w.shape[0]) if isinstance(w, Tensor) else int(getattr(base.config, "vocab_size", 0) or 0)
 
 
 def sequence_logps(model: Any, batch: SequenceBatch, *, per_token: bool = False,
                    chunk_size: int = DEFAULT_CHUNK, full_logits: bool = False, keep_states: bool = False) -> SeqLogps:
     """Summed response log-probs per sequence (and per-token values if ``per_token``; the label-predicting
-    final hidden states if ``keep_states``, for needs such as SparsePO's token KL and learned masks)."""
-    lp, states = _token_logps(model, batch, chunk_size, full_logits)
+    final hidden states if ``keep_states``, for needs such as SparsePO's token KL and learned masks).
+    ``logit_sums``: each sequence's logits summed over its response tokens and the vocabulary (TRL's
+    ``logits/chosen`` is their mean), computed from the same chunks at no extra matmul."""
+    lp, states, zsum, vocab = _token_logps(model, batch, chunk_size, full_logits)
     out = gather_sequences(lp, batch, per_token=per_token)
+    out.logit_sums = (zsum[batch.seq_row] * batch.seq_mask).sum(-1)
+    out.vocab_size = vocab
     if keep_states:
         out.label_states = states
     return out

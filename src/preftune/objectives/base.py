@@ -270,12 +270,9 @@ _REGISTRY: dict[str, type[Objective]] = {}
 
 def register(cls: type[Objective]) -> type[Objective]:
     """Class decorator: add an objective dataclass to the registry under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"objective name '{cls.name}' is already registered by {_REGISTRY[cls.name].__name__}")
-    _REGISTRY[cls.name] = cls
-    return cls
+    from ..registry import add
+
+    return add(_REGISTRY, cls.name, cls, "objective")
 
 
 def available() -> list[str]:
@@ -284,10 +281,24 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+# Other names of registered objectives: TRL's ``DPOConfig.loss_type`` names where they mean the same
+# objective. A registered name always wins over an alias.
+ALIASES: dict[str, str] = {
+    "sigmoid": "dpo",          # TRL's default loss_type
+    "robust": "rdpo",          # TRL's robust DPO (Chowdhury et al. 2024); preftune's default eps is 0.1
+    "sigmoid_norm": "ln_dpo",  # TRL's length-normalized sigmoid loss
+}
+
+
 def objective_class(name: str) -> type[Objective]:
+    """The registered objective class of ``name`` (or of an alias in :data:`ALIASES`)."""
     _load_builtin()
+    if name not in _REGISTRY and isinstance(name, str) and ALIASES.get(name) in _REGISTRY:
+        name = ALIASES[name]
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown objective '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+        aliases = ", ".join(f"{a} (= {t})" for a, t in ALIASES.items() if t in _REGISTRY)
+        raise ConfigError(f"unknown objective '{name}'; available: {', '.join(sorted(_REGISTRY))}"
+                          + (f"; TRL names: {aliases}" if aliases else ""))
     return _REGISTRY[name]
 
 

@@ -4,6 +4,7 @@ RPO (P07) is ``WeightedSum([(1.0, DPO(beta)), (alpha, SFT())])``: a composition,
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,21 +53,61 @@ class WeightedSum(Objective):
 
 
 def parse_spec(spec: str) -> list[tuple[str, float]]:
-    """``"dpo:1.0,sft:0.2"`` -> ``[("dpo", 1.0), ("sft", 0.2)]``; a bare name has weight 1."""
+    """``"dpo:1.0,sft:0.2"`` -> ``[("dpo", 1.0), ("sft", 0.2)]``; a bare name has weight 1.
+
+    A weight must be a finite number > 0: ``dpo:nan``, ``dpo:inf``, ``sft:0``, ``sft:-1`` and
+    ``sft:abc`` are refused, naming the term.
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"loss spec must be a string such as 'dpo' or 'dpo:1.0,sft:0.2', got {spec!r}")
     out = []
     for part in spec.split(","):
         part = part.strip()
         if not part:
             continue
-        name, _, w = part.partition(":")
-        try:
-            weight = float(w) if w else 1.0
-        except ValueError:
-            raise ConfigError(f"loss spec '{spec}': weight '{w}' of '{name}' is not a number") from None
-        out.append((name.strip(), weight))
+        name, colon, w = part.partition(":")
+        name, w = name.strip(), w.strip()
+        if not name:
+            raise ConfigError(f"loss spec '{spec}': term '{part}' names no objective")
+        if not colon:
+            weight = 1.0
+        else:
+            try:
+                weight = float(w)
+            except ValueError:
+                raise ConfigError(f"loss spec '{spec}': weight '{w}' of '{name}' is not a number "
+                                  f"(term '{part}')") from None
+            if not math.isfinite(weight) or weight <= 0:
+                raise ConfigError(f"loss spec '{spec}': term '{part}' has weight {w}; "
+                                  "a weight must be a finite number > 0")
+        out.append((name, weight))
     if not out:
         raise ConfigError(f"loss spec '{spec}' names no objective")
     return out
+
+
+def accepted_hyperparameters(spec: str, hparams: dict[str, Any] | None = None) -> dict[str, dict]:
+    """Name -> ``{default, help, allowed}`` of every hyperparameter some term of ``spec`` accepts (a
+    wrapper's include those of its base, ``hparams["base"]`` or its default). Checks the spec: its
+    weights and that every name is a registered objective (or an alias of one)."""
+    hparams = hparams or {}
+    out: dict[str, dict] = {}
+    for name, _ in parse_spec(spec):
+        for k, v in _accepts(objective_class(name), hparams).items():
+            out.setdefault(k, v)
+    return out
+
+
+def _accepts(cls: type[Objective], hparams: dict[str, Any]) -> dict[str, dict]:
+    from .base import Wrapper
+
+    own = dict(cls.hyperparameters())
+    if issubclass(cls, Wrapper):  # a wrapper also takes its base objective's hyperparameters
+        base = hparams.get("base", cls.hyperparameters()["base"]["default"])
+        if isinstance(base, str):
+            for k, v in objective_class(base).hyperparameters().items():
+                own.setdefault(k, v)
+    return own
 
 
 def build(spec: str, **hparams: Any) -> Objective:
@@ -77,29 +118,17 @@ def build(spec: str, **hparams: Any) -> Objective:
     """
     from .base import get
 
-    from .base import Wrapper
-
     parts = parse_spec(spec)
     classes = [(objective_class(n), w) for n, w in parts]
-
-    def accepts(cls: type[Objective]) -> set[str]:
-        own = set(cls.hyperparameters())
-        if issubclass(cls, Wrapper):  # a wrapper also takes its base objective's hyperparameters
-            base = hparams.get("base", cls.hyperparameters()["base"]["default"])
-            own |= set(objective_class(base).hyperparameters()) if isinstance(base, str) else set()
-        return own
-
-    accepted = {k for cls, _ in classes for k in accepts(cls)}
+    accepted = {k for cls, _ in classes for k in _accepts(cls, hparams)}
     unknown = sorted(set(hparams) - accepted)
     if unknown:
         raise ConfigError(f"loss '{spec}' has no hyperparameter {', '.join(unknown)}; "
                           f"valid: {', '.join(sorted(accepted)) or 'none'}")
     built = []
     for cls, w in classes:
-        own = {k: v for k, v in hparams.items() if k in accepts(cls)}
+        own = {k: v for k, v in hparams.items() if k in _accepts(cls, hparams)}
         built.append((w, get(cls.name, **own)))
     if len(built) == 1 and built[0][0] == 1.0:
         return built[0][1]
     return WeightedSum(built)
-
-

@@ -47,6 +47,7 @@ class MicroBatch:
     generator: torch.Generator | None = None
     policy: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)   # the forward's own metrics (e.g. logits/chosen)
 
     @property
     def pad_id(self) -> int:
@@ -83,6 +84,13 @@ class Supplier:
 
     def supply(self, stats: Any, step: MicroBatch) -> None:
         pass
+
+
+def require_reference_model(objective: Any, reference: Any, method: str, why: str) -> None:
+    """Refuse a reference source without ``method`` (a precomputed cache has no model to run)."""
+    if not hasattr(reference, method):
+        raise ConfigError(f"objective '{objective.name}' {why}; the reference source '{reference.kind}' has no "
+                          "model: use --ref model (or adapter under LoRA)")
 
 
 _SUPPLIERS: dict[str, Supplier] = {}

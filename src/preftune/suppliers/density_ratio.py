@@ -13,7 +13,7 @@ import torch
 from ..data.collate import collate_unpaired
 from ..data.types import TokenizedUnpaired
 from ..errors import ConfigError
-from .base import Supplier, register_supplier
+from .base import Supplier, register_supplier, require_reference_model
 
 
 @torch.no_grad()
@@ -59,10 +59,7 @@ class DensityRatio(Supplier):
     provides = ("density_ratio",)
 
     def check(self, objective: Any, reference: Any) -> None:
-        if not hasattr(reference, "hidden_states"):
-            raise ConfigError(f"objective '{objective.name}' (udm) embeds prompts with the reference model; the "
-                              f"reference source '{reference.kind}' has no model: use --ref model (or adapter "
-                              "under LoRA)")
+        require_reference_model(objective, reference, "hidden_states", "(udm) embeds prompts with the reference model")
 
     def prepare(self, objective: Any, reference: Any, train_items: Sequence[Any], other_items: Sequence[Any],
                 pad_id: int, device: Any) -> dict[str, Any] | None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError
-from .base import MicroBatch, Supplier, register_supplier
+from .base import MicroBatch, Supplier, register_supplier, require_reference_model
 
 
 @register_supplier
@@ -14,10 +13,8 @@ class SparseReferenceMasks(Supplier):
     provides = ("sparse_reference_masks",)
 
     def check(self, objective: Any, reference: Any) -> None:
-        if not hasattr(reference, "hidden_states"):
-            raise ConfigError(f"objective '{objective.name}' derives token masks from the reference model's "
-                              f"activations; the reference source '{reference.kind}' has none: use --ref model "
-                              "(or adapter under LoRA)")
+        require_reference_model(objective, reference, "hidden_states",
+                                "derives token masks from the reference model's activations")
 
     def supply(self, stats: Any, step: MicroBatch) -> None:
         from ..objectives.token_level import activation_mask

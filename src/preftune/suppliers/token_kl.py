@@ -10,10 +10,9 @@ from typing import Any, Callable
 import torch
 
 from ..data.types import SequenceBatch
-from ..errors import ConfigError
 from ..models.hidden import label_states
 from ..models.logprobs import head_fn, label_sources
-from .base import MicroBatch, Supplier, register_supplier
+from .base import MicroBatch, Supplier, register_supplier, require_reference_model
 
 
 def _kl_chunk(pol_head: Callable, ref_head: Callable, hp: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -53,10 +52,8 @@ class TokenKL(Supplier):
     needs_policy_states = True
 
     def check(self, objective: Any, reference: Any) -> None:
-        if not hasattr(reference, "label_states"):
-            raise ConfigError(f"objective '{objective.name}' needs the reference's distribution over the vocabulary "
-                              f"at every token; the reference source '{reference.kind}' has no model: use --ref "
-                              "model (or adapter under LoRA)")
+        require_reference_model(objective, reference, "label_states",
+                                "needs the reference's distribution over the vocabulary at every token")
 
     def supply(self, stats: Any, step: MicroBatch) -> None:
         states = step.policy.label_states if step.policy is not None else None

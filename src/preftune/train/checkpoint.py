@@ -155,12 +155,21 @@ def verify_checkpoint(path: Path) -> None:
     unlisted = sorted(set(REQUIRED_FILES) - set(files))
     if unlisted:
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is corrupted (does not list {', '.join(unlisted)})")
+    outside = [n for n in files if not _plain_name(n)]
+    if outside:  # a crafted manifest must not make a resume read (or checksum) files elsewhere
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} lists a path outside the checkpoint ({outside[0]!r})")
     for name, digest in files.items():
         f = path / name
+        if f.is_symlink():
+            raise CheckpointError(f"checkpoint {path}: file {name} is a symbolic link (checkpoints hold plain files)")
         if not f.is_file():
             raise CheckpointError(f"checkpoint {path}: file {name} is missing")
         if _sha256(f) != digest:
             raise CheckpointError(f"checkpoint {path}: file {name} is corrupted (checksum mismatch)")
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def latest_checkpoint(run_dir: Path, *, fallback: bool = False) -> Path | None:
@@ -180,6 +189,17 @@ def latest_checkpoint(run_dir: Path, *, fallback: bool = False) -> Path | None:
         raise CheckpointError(f"no intact checkpoint in {Path(run_dir) / 'checkpoints'} ({len(found)} corrupted); "
                               "pass --overwrite to start the run over")
     return None
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A verified checkpoint's ``state.json`` (step, source position, run identity)."""
+    try:
+        state = json.loads((Path(path) / "state.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path}: state.json is unreadable ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"checkpoint {path}: state.json has no step")
+    return state
 
 
 def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, objective_state: Any = None

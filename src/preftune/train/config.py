@@ -3,28 +3,59 @@
 Sources, later ones winning: the defaults below, a YAML recipe (``--config``, read with
 ``yaml.safe_load``), then command-line ``--key value`` options. Objective hyperparameters
 (``--beta 0.1``) go to ``loss_params`` and are validated by the objective itself.
+
+Every value is brought to its field's type in one place (:func:`coerce_field`, driven by the
+dataclass annotations) before validation, so YAML recipes, the command line and Python callers
+get the same rules: ``"false"`` is false, ``"1e-3"`` is a number (PyYAML reads ``1e-3`` as a
+string), ``"null"`` is None for an optional field, ``"a,b"`` is a list for a list field; a value
+that is not unambiguous is a :class:`~preftune.errors.ConfigError` naming the key, the value and
+the type expected.
+
+Objective hyperparameters may be given as keyword arguments in Python, as in a recipe:
+``TrainConfig(model=..., data=..., loss="dpo", beta=0.1)`` puts ``beta`` in ``loss_params``. A
+name that is neither an option nor a hyperparameter of the chosen objective is an error.
+
+TRL / transformers ``TrainingArguments`` names are accepted where they mean the same
+(:data:`TRL_NAMES`, :data:`TRL_VALUE_NAMES`): ``learning_rate: 1e-3`` is ``lr``, ``bf16: true`` is
+``dtype: bf16``. Giving a name and its alias with different values is an error.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
+import math
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
 
 REF_SOURCES = ("auto", "model", "adapter", "precomputed", "none")
 LAYOUTS = ("auto", "padded", "prefix_shared", "packed")
 SCHEDULES = ("linear", "cosine", "constant")
+REPORTERS = ("tensorboard", "wandb")
+
+# A data source: a file / directory path or hub name (str), or in Python a ``datasets.Dataset`` /
+# ``DatasetDict`` or a list of dicts (read by :func:`preftune.data.load_examples`).
+DataSource = Any
+_SOURCE = {"data_source": True}
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+_NULL = ("none", "null", "~")
+COMMAND_LINE = "command line"
 
 
 @dataclass
 class TrainConfig:
     # what to train -------------------------------------------------------------------
     model: str = ""
-    data: str = ""
+    data: DataSource = field(default="", metadata=_SOURCE)
     output: str = "runs/preftune"
-    eval_data: str | None = None
+    eval_data: DataSource | None = field(default=None, metadata=_SOURCE)
     split: str = "train"
     eval_split: str | None = None
     loss: str = "dpo"
@@ -51,10 +82,11 @@ class TrainConfig:
     # model -----------------------------------------------------------------------------
     dtype: str = "fp32"
     gradient_checkpointing: bool = False
+    disable_dropout: bool = True    # every dropout probability of policy and reference set to 0 (as TRL)
     lora_r: int = 0
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_target: str = "all-linear"
+    lora_target: str = field(default="all-linear", metadata={"join_list": True})
     trust_remote_code: bool = False
     device: str = "auto"
     # data ------------------------------------------------------------------------------
@@ -66,13 +98,14 @@ class TrainConfig:
     group_by_length: bool = True
     chunk_size: int = 1024
     # evaluation, logging, checkpoints ---------------------------------------------------
-    eval_every: int | None = None
+    eval_every: int | None = None   # None (or 0) with eval_data: evaluate at the end only
     eval_batch_size: int | None = None
     log_every: int = 1
-    save_every: int | None = None
+    save_every: int | None = 500    # None or 0: no periodic checkpoints (TRL's save_steps default is 500)
     keep_checkpoints: int = 2
-    resume: bool = False
+    resume: bool | str = False      # True: the latest checkpoint in output; a str: that checkpoint directory
     resume_fallback: bool = False   # on a corrupted newest checkpoint, resume from the last good one
+    restart: bool = False           # start over a run whose metrics exist but that has no checkpoint
     overwrite: bool = False         # replace an existing run in --output
     save_final: bool = True
     report_to: list[str] = field(default_factory=list)
@@ -82,41 +115,68 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.normalize()
         self.validate()
 
     # --------------------------------------------------------------------------------
-    def validate(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
+    def normalize(self) -> None:
+        """Bring every field to its declared type (see :func:`coerce_field`), and the objective's
+        hyperparameters to the types of their defaults."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, coerce_field(f, getattr(self, f.name)))
+        self.loss_params = _check_loss(self.loss, self.loss_params)
 
-        need(self.ref in REF_SOURCES, f"ref='{self.ref}' is not allowed; use one of {', '.join(REF_SOURCES)}")
-        need(self.layout in LAYOUTS, f"layout='{self.layout}' is not allowed; use one of {', '.join(LAYOUTS)}")
-        need(self.lr_schedule in SCHEDULES,
+    def validate(self) -> None:
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise FieldError(key, msg, named=True)
+
+        need(self.ref in REF_SOURCES, "ref", f"ref='{self.ref}' is not allowed; use one of {', '.join(REF_SOURCES)}")
+        need(self.layout in LAYOUTS, "layout",
+             f"layout='{self.layout}' is not allowed; use one of {', '.join(LAYOUTS)}")
+        need(self.lr_schedule in SCHEDULES, "lr_schedule",
              f"lr_schedule='{self.lr_schedule}' is not allowed; use one of {', '.join(SCHEDULES)}")
-        need(self.on_bad_row in ("error", "skip"), f"on_bad_row='{self.on_bad_row}'; use error or skip")
-        need(self.on_nonfinite in ("stop", "skip"), f"on_nonfinite='{self.on_nonfinite}'; use stop or skip")
-        need(self.truncation in ("keep_end", "keep_start"),
+        need(self.on_bad_row in ("error", "skip"), "on_bad_row", f"on_bad_row='{self.on_bad_row}'; use error or skip")
+        need(self.on_nonfinite in ("stop", "skip"), "on_nonfinite",
+             f"on_nonfinite='{self.on_nonfinite}'; use stop or skip")
+        need(self.truncation in ("keep_end", "keep_start"), "truncation",
              f"truncation='{self.truncation}'; use keep_end or keep_start")
-        need(self.max_steps is None or self.max_steps > 0, f"max_steps must be > 0, got {self.max_steps}")
-        need(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
-        need(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
-        need(self.grad_accum > 0, f"grad_accum must be > 0, got {self.grad_accum}")
-        need(self.lr >= 0, f"lr must be >= 0, got {self.lr}")
-        need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0 or null")
-        need(self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
-        need(self.chunk_size > 0, f"chunk_size must be > 0, got {self.chunk_size}")
-        need(self.log_every > 0, f"log_every must be > 0, got {self.log_every}")
-        need(self.monitor_every > 0, f"monitor_every must be > 0, got {self.monitor_every}")
-        need(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        need(self.max_length is None or self.max_length > 1, "max_length must be > 1 or null")
-        need(self.max_prompt_length is None or self.max_prompt_length > 0, "max_prompt_length must be > 0 or null")
-        need(self.dtype in ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16"),
+        need(self.max_steps is None or self.max_steps > 0, "max_steps",
+             f"max_steps must be > 0, got {self.max_steps}")
+        need(self.epochs > 0, "epochs", f"epochs must be > 0, got {self.epochs}")
+        need(self.batch_size > 0, "batch_size", f"batch_size must be > 0, got {self.batch_size}")
+        need(self.grad_accum > 0, "grad_accum", f"grad_accum must be > 0, got {self.grad_accum}")
+        need(self.lr >= 0, "lr", f"lr must be >= 0, got {self.lr}")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        need(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps",
+             f"warmup_steps must be >= 0 or null, got {self.warmup_steps}")
+        need(self.weight_decay >= 0, "weight_decay", f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(0 <= self.adam_beta1 < 1, "adam_beta1", f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
+        need(0 <= self.adam_beta2 < 1, "adam_beta2", f"adam_beta2 must be in [0, 1), got {self.adam_beta2}")
+        need(self.adam_eps > 0, "adam_eps", f"adam_eps must be > 0, got {self.adam_eps}")
+        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "max_grad_norm must be > 0 or null")
+        need(self.lora_r >= 0, "lora_r", f"lora_r must be >= 0, got {self.lora_r}")
+        need(0 <= self.lora_dropout < 1, "lora_dropout", f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        need(self.chunk_size > 0, "chunk_size", f"chunk_size must be > 0, got {self.chunk_size}")
+        need(self.log_every > 0, "log_every", f"log_every must be > 0, got {self.log_every}")
+        need(self.monitor_every > 0, "monitor_every", f"monitor_every must be > 0, got {self.monitor_every}")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints", f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        need(self.save_every is None or self.save_every >= 0, "save_every",
+             f"save_every must be >= 0 or null (0 or null: no periodic checkpoints), got {self.save_every}")
+        need(self.eval_every is None or self.eval_every >= 0, "eval_every",
+             f"eval_every must be >= 0 or null (0 or null: evaluate at the end), got {self.eval_every}")
+        need(self.eval_batch_size is None or self.eval_batch_size > 0, "eval_batch_size",
+             f"eval_batch_size must be > 0 or null, got {self.eval_batch_size}")
+        need(self.max_length is None or self.max_length > 1, "max_length", "max_length must be > 1 or null")
+        need(self.max_prompt_length is None or self.max_prompt_length > 0, "max_prompt_length",
+             "max_prompt_length must be > 0 or null")
+        need(self.dtype in ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16"), "dtype",
              f"dtype='{self.dtype}'; use fp32, bf16 or fp16")
-        need(self.ref != "adapter" or self.lora_r > 0, "ref='adapter' needs LoRA (set lora_r > 0)")
+        need(self.ref != "adapter" or self.lora_r > 0, "ref", "ref='adapter' needs LoRA (set lora_r > 0)")
+        need(not isinstance(self.resume, str) or bool(self.resume.strip()), "resume",
+             "resume must be true, false or a checkpoint directory, got ''")
         for r in self.report_to:
-            need(r in ("tensorboard", "wandb"), f"report_to '{r}' is not supported; use tensorboard or wandb")
+            need(r in REPORTERS, "report_to", f"report_to '{r}' is not supported; use tensorboard or wandb")
 
     # --------------------------------------------------------------------------------
     @classmethod
@@ -124,24 +184,21 @@ class TrainConfig:
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "TrainConfig":
-        """Build from a flat dict; unknown keys become objective hyperparameters (validated later)."""
-        known = cls.field_names()
-        kwargs = {k.replace("-", "_"): v for k, v in d.items()}
-        params = dict(kwargs.pop("loss_params", None) or {})
-        for k in list(kwargs):
-            if k not in known:
-                params[k] = kwargs.pop(k)
-        for k in ("report_to", "monitor"):
-            if isinstance(kwargs.get(k), str):
-                kwargs[k] = [x for x in kwargs[k].split(",") if x]
-        try:
-            return cls(**kwargs, loss_params=params)
-        except TypeError as e:
-            raise ConfigError(f"{source}: {e}") from None
+    def create(cls, **kwargs: Any) -> "TrainConfig":
+        """``TrainConfig(**kwargs)``, spelled as a factory: options, TRL aliases and objective
+        hyperparameters (``beta=0.1``) may be mixed."""
+        return cls(**kwargs)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainConfig":
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "config") -> "TrainConfig":
+        """Build from a flat dict (a recipe); keys that are no option are objective hyperparameters,
+        checked against the chosen objective. Errors name ``source`` and the key."""
+        fields_, params = _split(d, source)
+        return _build(cls, fields_, params, {}, source)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "TrainConfig":
+        """Read a YAML recipe; ``overrides`` (the command line) win over it."""
         import yaml
 
         try:
@@ -154,13 +211,491 @@ class TrainConfig:
             raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of option: value")
-        params = d.pop("loss_params", None) or {}
-        d.update(params)
-        d.update(overrides or {})
-        return cls.from_dict(d, source=str(path))
+        bad = [k for k in d if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"{path}: option names must be strings, got {bad[0]!r}")
+        rf, rp = _split(d, str(path))
+        of, op = _split(overrides or {}, COMMAND_LINE)
+        origins = {k: COMMAND_LINE for k in [*of, *op]}
+        return _build(cls, {**rf, **of}, {**rp, **op}, origins, str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field as plain data (what ``config.yaml`` holds). A data source given as an object
+        (a ``datasets.Dataset``, a list of dicts) is written as a placeholder such as
+        ``"<datasets.Dataset: 1000 rows>"``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = describe_source(v) if f.metadata.get("data_source") else copy.deepcopy(v)
+        return out
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (options, TRL aliases or objective hyperparameters) applied:
+        ``cfg.replace(beta=0.2)`` changes one hyperparameter, ``loss_params={...}`` replaces them all."""
+        changes = dict(changes)
+        explicit = changes.pop("loss_params", None)
+        fields_, params = _split(changes, "replace")
+        if explicit is not None or params:
+            fields_["loss_params"] = {**dict(explicit if explicit is not None else self.loss_params), **params}
+        return dataclasses.replace(self, **fields_)
+
+
+# ----------------------------------------------------------------------------- keyword arguments
+
+_dataclass_init = TrainConfig.__init__
+
+
+def _init(self: TrainConfig, *args: Any, **kwargs: Any) -> None:
+    fields_, params = _split(kwargs, None)
+    if params:
+        fields_["loss_params"] = params
+    _dataclass_init(self, *args, **fields_)
+
+
+_init.__doc__ = ("Options as keywords; TRL names (``learning_rate``) are accepted, and any other keyword is an "
+                 "objective hyperparameter (``beta=0.1``), which goes to ``loss_params``.")
+_init.__wrapped__ = _dataclass_init  # type: ignore[attr-defined]  # inspect.signature shows the fields
+TrainConfig.__init__ = _init  # type: ignore[method-assign]
+
+
+class FieldError(ConfigError):
+    """A ``ConfigError`` about one key. ``str()`` is ``"key: detail"`` (or ``detail`` alone when it
+    already names the key); a recipe's path or the command-line flag is put in front by the reader."""
+
+    def __init__(self, key: str, detail: str, *, named: bool = False):
+        self.key, self.detail, self.named = key, detail, named
+        super().__init__(detail if named else f"{key}: {detail}")
+
+
+def _build(cls: type[TrainConfig], fields_: dict[str, Any], params: dict[str, Any], origins: dict[str, str],
+           source: str) -> TrainConfig:
+    try:
+        return cls(**fields_, loss_params=params)
+    except FieldError as e:
+        raise ConfigError(_located(e, origins.get(e.key, source))) from None
+    except TypeError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _located(e: FieldError, where: str | None) -> str:
+    if where is None or where == "replace":
+        return str(e)
+    if where == COMMAND_LINE:
+        return e.detail if e.named else f"--{e.key.replace('_', '-')}: {e.detail}"
+    return f"{where}: {e}"
+
+
+# ----------------------------------------------------------------------------- TRL names
+
+# TRL / transformers name -> preftune option of the same meaning (and unit).
+TRL_NAMES: dict[str, str] = {
+    "learning_rate": "lr",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "num_train_epochs": "epochs",
+    "lr_scheduler_type": "lr_schedule",
+    "adam_epsilon": "adam_eps",
+    "logging_steps": "log_every",
+    "save_steps": "save_every",
+    "eval_steps": "eval_every",
+    "save_total_limit": "keep_checkpoints",
+    "output_dir": "output",
+    "overwrite_output_dir": "overwrite",
+    "resume_from_checkpoint": "resume",
+    "model_name_or_path": "model",
+    "torch_dtype": "dtype",
+    "dataset_name": "data",
+    "dataset_train_split": "split",
+    "truncation_mode": "truncation",
+    "lora_target_modules": "lora_target",
+    "loss_type": "loss",
+}
+
+
+def _flag(target: str, on: Any) -> Callable[[str, Any], Any]:
+    """A TRL boolean that, when true, sets ``target`` to ``on`` (and when false sets nothing)."""
+    def conv(key: str, v: Any) -> Any:
+        b = _as_bool(v)
+        if b is None:
+            raise FieldError(key, f"expected true or false, got {v!r}")
+        return on if b else _UNSET
+    return conv
+
+
+def _strategy(target: str, off: Any) -> Callable[[str, Any], Any]:
+    """TRL's ``*_strategy``: "steps" (preftune's only way) sets nothing, "no" turns ``target`` off."""
+    def conv(key: str, v: Any) -> Any:
+        s = str(v).strip().lower() if isinstance(v, str) else v
+        if s == "steps":
+            return _UNSET
+        if s == "no" or s is False:
+            return off
+        raise FieldError(key, f"{v!r} is not supported; preftune counts steps: use 'steps' or 'no' "
+                              f"(and set {target})", named=False)
+    return conv
+
+
+def _not(key: str, v: Any) -> Any:
+    b = _as_bool(v)
+    if b is None:
+        raise FieldError(key, f"expected true or false, got {v!r}")
+    return not b
+
+
+# TRL / transformers name -> (preftune option, converter of the value).
+TRL_VALUE_NAMES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    "bf16": ("dtype", _flag("dtype", "bf16")),
+    "fp16": ("dtype", _flag("dtype", "fp16")),
+    "disable_tqdm": ("progress", _not),
+    "precompute_ref_log_probs": ("ref", _flag("ref", "precomputed")),
+    "save_strategy": ("save_every", _strategy("save_every", 0)),
+    "eval_strategy": ("eval_every", _strategy("eval_every", None)),
+    "evaluation_strategy": ("eval_every", _strategy("eval_every", None)),
+}
+
+# Values spelled the TRL way.
+_VALUE_ALIASES: dict[str, dict[str, str]] = {
+    "lr_schedule": {"constant_with_warmup": "constant"},
+}
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+def _split(d: Mapping[str, Any], where: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One source's keys -> (options, objective hyperparameters). TRL names become preftune's; a key
+    given twice (``lr`` and ``learning_rate``) with different values is an error."""
+    known = TrainConfig.field_names()
+    fields_: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    params: dict[str, Any] = {}
+
+    def fail(e: FieldError) -> ConfigError:
+        return ConfigError(_located(e, where))
+
+    for raw_key, value in d.items():
+        if not isinstance(raw_key, str):
+            raise ConfigError(f"{_prefix(where)}option names must be strings, got {raw_key!r}")
+        key = raw_key.replace("-", "_")
+        target = key
+        if key not in known and key in TRL_NAMES:
+            target = TRL_NAMES[key]
+            if target == "loss" and isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
+                value = ",".join(value)   # TRL's list of loss types (each weighted 1 without loss_weights)
+            try:
+                value = coerce_field(_FIELDS[target], value, key=key)
+            except FieldError as e:
+                raise fail(e) from None
+        elif key not in known and key in TRL_VALUE_NAMES:
+            target, conv = TRL_VALUE_NAMES[key]
+            try:
+                value = conv(key, value)
+            except FieldError as e:
+                raise fail(e) from None
+            if value is _UNSET:
+                continue
+        elif key not in known:
+            if key in params and params[key] != value:
+                raise ConfigError(f"{_prefix(where)}{key} is given twice, with different values "
+                                  f"({params[key]!r} and {value!r}); give one")
+            params[key] = value
+            continue
+        if target == "loss_params":
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise fail(FieldError("loss_params", f"expected a mapping of hyperparameter: value, got {value!r}"))
+            for k, v in value.items():
+                if k in params and params[k] != v:
+                    raise ConfigError(f"{_prefix(where)}{k} is given twice, with different values "
+                                      f"({params[k]!r} and {v!r}); give one")
+                params[k] = v
+            continue
+        if target in fields_:
+            f = _FIELDS[target]
+            try:
+                a = coerce_field(f, fields_[target], key=given_as[target])
+                b = coerce_field(f, value, key=key)
+            except FieldError as e:
+                raise fail(e) from None
+            if not _same(a, b):
+                first = given_as[target]
+                raise fail(FieldError(target, f"{_name(first, where)} and {_name(key, where)} both set {target}, "
+                                              f"to different values ({a!r} and {b!r}); "
+                                              "give one", named=True))
+            continue
+        fields_[target] = value
+        given_as[target] = key
+    return fields_, params
+
+
+def _prefix(where: str | None) -> str:
+    return "" if where in (None, COMMAND_LINE, "replace") else f"{where}: "
+
+
+def _name(key: str, where: str | None) -> str:
+    return f"--{key.replace('_', '-')}" if where == COMMAND_LINE else key
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or math.isclose(a, b, rel_tol=1e-12)
+    return a == b
+
+
+# ----------------------------------------------------------------------------- coercion
+
+def _hints() -> dict[str, Any]:
+    global _HINTS
+    if _HINTS is None:
+        _HINTS = typing.get_type_hints(TrainConfig, globalns=globals())
+    return _HINTS
+
+
+_HINTS: dict[str, Any] | None = None
+_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _as_bool(v: Any) -> bool | None:
+    """True/False for an unambiguous boolean (a bool, 0/1, true/false/yes/no/on/off), else None."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str):
+        s = v.strip().lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+    return None
+
+
+def _is_null(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and v.strip().lower() in _NULL)
+
+
+def _is_dataset(v: Any) -> bool:
+    mod = type(v).__module__ or ""
+    return mod.startswith("datasets.") and hasattr(v, "__iter__")
+
+
+def _given(v: Any) -> bool:
+    """Whether a data source was given (an empty string or None is not; a dataset object is)."""
+    if v is None:
+        return False
+    if isinstance(v, str):
+        return bool(v.strip())
+    return True
+
+
+def describe_source(v: Any) -> Any:
+    """A data source as plain data: a path as itself, an object as a placeholder string."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    if _is_dataset(v):
+        name = f"datasets.{type(v).__name__}"
+        if hasattr(v, "keys") and not hasattr(v, "features"):  # DatasetDict
+            try:
+                parts = ", ".join(f"{k}: {len(v[k])} rows" for k in v.keys())
+            except TypeError:
+                parts = ", ".join(str(k) for k in v.keys())
+            return f"<{name}: {parts}>"
+        try:
+            return f"<{name}: {len(v)} rows>"
+        except TypeError:
+            return f"<{name}>"
+    if isinstance(v, (list, tuple)):
+        return f"<list: {len(v)} rows>"
+    return f"<{type(v).__name__}>"
+
+
+def _expected(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, _UnionType):
+        parts = [_expected(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if origin is list:
+        return "a list of strings or a comma-separated string"
+    if origin is dict:
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+_UnionType = type(int | None)
+
+
+def coerce_field(f: dataclasses.Field, value: Any, *, key: str | None = None) -> Any:
+    """``value`` as the type of field ``f``, or a :class:`FieldError` naming ``key`` (default: the
+    field's name), the value and the type expected."""
+    key = key or f.name
+    if f.metadata.get("data_source"):
+        return _coerce_source(key, value, optional=f.default is None)
+    tp = _hints()[f.name]
+    if f.metadata.get("join_list") and isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
+        value = ",".join(value)
+    out = _coerce(key, value, tp)
+    aliases = _VALUE_ALIASES.get(f.name)
+    if aliases and isinstance(out, str):
+        out = aliases.get(out, out)
+    return out
+
+
+def _coerce_source(key: str, v: Any, *, optional: bool) -> Any:
+    if optional and _is_null(v):
+        return None
+    if isinstance(v, str):
+        return v
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    if _is_dataset(v):
+        return v
+    if isinstance(v, (list, tuple)):
+        return list(v)
+    raise FieldError(key, f"expected a path, a dataset name, a datasets.Dataset or a list of dicts, got {v!r}")
+
+
+def _coerce(key: str, v: Any, tp: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, _UnionType):
+        if type(None) in args and _is_null(v):
+            return None
+        rest = tuple(a for a in args if a is not type(None))
+        if len(rest) == 1:
+            try:
+                return _coerce(key, v, rest[0])
+            except FieldError:
+                raise FieldError(key, f"expected {_expected(tp)}, got {v!r}") from None
+        if set(rest) == {bool, str}:  # resume: a switch or a path
+            b = _as_bool(v)
+            if b is not None:
+                return b
+            if isinstance(v, os.PathLike):
+                return os.fspath(v)
+            if isinstance(v, str) and v.strip():
+                return v
+            raise FieldError(key, f"expected true, false or a path, got {v!r}")
+        raise TypeError(f"no coercion for {tp}")  # pragma: no cover - a new field with a new type
+    if tp is Any:
+        return v
+    if tp is bool:
+        b = _as_bool(v)
+        if b is None:
+            raise FieldError(key, f"expected true or false, got {v!r}")
+        return b
+    if tp is int:
+        if isinstance(v, bool):
+            raise FieldError(key, f"expected an integer, got {v!r}")
+        if isinstance(v, int):
+            return v
+        x: Any = v
+        if isinstance(v, str):
+            s = v.strip()
+            try:
+                return int(s)
+            except ValueError:
+                try:
+                    x = float(s)
+                except ValueError:
+                    raise FieldError(key, f"expected an integer, got {v!r}") from None
+        if isinstance(x, float) and math.isfinite(x) and x.is_integer():
+            return int(x)
+        raise FieldError(key, f"expected an integer, got {v!r}")
+    if tp is float:
+        if isinstance(v, bool):
+            raise FieldError(key, f"expected a number, got {v!r}")
+        x = v
+        if isinstance(v, str):
+            try:
+                x = float(v.strip())
+            except ValueError:
+                raise FieldError(key, f"expected a number, got {v!r}") from None
+        if isinstance(x, (int, float)) and math.isfinite(x):
+            return float(x)
+        raise FieldError(key, f"expected a number, got {v!r}")
+    if tp is str:
+        if isinstance(v, str):
+            return v
+        if isinstance(v, os.PathLike):
+            return os.fspath(v)
+        raise FieldError(key, f"expected a string, got {v!r}")
+    if origin is list:
+        if v is None or (isinstance(v, str) and v.strip().lower() in _NULL):
+            return []
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
+            return [x.strip() for x in v if x.strip()]
+        raise FieldError(key, f"expected {_expected(tp)}, got {v!r}")
+    if origin is dict:
+        if v is None:
+            return {}
+        if isinstance(v, Mapping):
+            return dict(v)
+        raise FieldError(key, f"expected a mapping, got {v!r}")
+    raise TypeError(f"no coercion for {tp}")  # pragma: no cover
+
+
+# ----------------------------------------------------------------------------- the objective
+
+def _check_loss(spec: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Check the loss spec (names, weights) and that every hyperparameter is one the spec's objectives
+    accept; return the hyperparameters with string values brought to the types of their defaults
+    (``beta: "1e-1"`` from YAML is 0.1)."""
+    from ..objectives.compose import accepted_hyperparameters
+
+    try:
+        accepted = accepted_hyperparameters(spec, params)
+    except ConfigError as e:
+        raise FieldError("loss", str(e), named=True) from None
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        valid = ", ".join(sorted(accepted)) or "none"
+        msg = f"loss '{spec}' has no hyperparameter {', '.join(unknown)}; valid: {valid}"
+        options = sorted(TrainConfig.field_names() | set(TRL_NAMES) | set(TRL_VALUE_NAMES))
+        for k in unknown:
+            if not _known_anywhere(k):
+                close = difflib.get_close_matches(k, options + sorted(accepted), n=1)
+                msg += f"; '{k}' is not a training option either" + (f" (did you mean {close[0]}?)" if close else "")
+                break
+        raise FieldError(unknown[0], msg, named=True)
+    return {k: _coerce_hparam(v, accepted[k]["default"]) for k, v in params.items()}
+
+
+def _known_anywhere(name: str) -> bool:
+    from ..objectives import available, objective_class
+
+    return any(name in objective_class(n).hyperparameters() for n in available())
+
+
+def _coerce_hparam(v: Any, default: Any) -> Any:
+    """A string from YAML or the command line as the type of the hyperparameter's default; anything
+    else is left to the objective's own validation."""
+    if not isinstance(v, str):
+        return v
+    if isinstance(default, bool):
+        b = _as_bool(v)
+        return v if b is None else b
+    if isinstance(default, (int, float)):
+        try:
+            x = float(v.strip())
+        except ValueError:
+            return v
+        return int(x) if isinstance(default, int) and x.is_integer() else x
+    return v

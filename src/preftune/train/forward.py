@@ -36,4 +36,19 @@ class PolicyLogps(Forward):
                              keep_states=keep_states)
         step.policy = pol
         ref = step.reference.logps(step.batch, per_token=per_token) if step.reference is not None else None
-        return get_kind(step.batch.kind).stats(step.batch, pol, ref)
+        kind = get_kind(step.batch.kind)
+        step.metrics.update(logit_metrics(pol, kind.groups(step.batch) if kind.groups else {}))
+        return kind.stats(step.batch, pol, ref)
+
+
+def logit_metrics(policy: Any, groups: dict[str, Any]) -> dict[str, Any]:
+    """TRL's ``logits/<group>``: the mean policy logit over a group's response tokens and the vocabulary."""
+    out = {}
+    if policy.logit_sums is None or not policy.vocab_size:
+        return out
+    for name, mask in groups.items():
+        mask = mask.to(policy.logit_sums.device)
+        n = policy.lengths[mask].sum()
+        if bool(mask.any()) and float(n) > 0:
+            out[f"logits/{name}"] = policy.logit_sums[mask].sum() / (n * policy.vocab_size)
+    return out

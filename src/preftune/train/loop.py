@@ -8,31 +8,36 @@ checkpoints, metrics and callbacks hang off the loop at fixed points; nothing el
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ..callbacks import Callback, TrainState
 from ..data.types import SequenceBatch
-from ..errors import ConfigError, PreftuneError
+from ..errors import CheckpointError, ConfigError, PreftuneError
 from ..io import atomic_path
 from ..objectives import build as build_objective
 from ..objectives.base import Objective, objective_state
 from ..suppliers.base import MicroBatch, Supplier, suppliers_for
-from .checkpoint import (OBJECTIVE_STATE, has_state, latest_checkpoint, load_checkpoint, save_checkpoint,
-                         state_tensors)
+from .checkpoint import (OBJECTIVE_STATE, has_state, latest_checkpoint, list_checkpoints, load_checkpoint, read_state,
+                         save_checkpoint, state_tensors, verify_checkpoint)
 from .config import TrainConfig
 from .forward import Forward, PolicyLogps
 from .optim import build_optimizer, grad_norm
-from .rundir import append_metrics, check_same_run, prepare_run_dir, truncate_metrics, write_config
-from .setup import build_reference, load_data, load_policy, load_tokenizer_for, pick_device, run_callbacks
+from .rundir import (LOCK, append_metrics, check_same_run, clear_run, prepare_run_dir, remove_stale_temps, run_identity,
+                     run_lock, run_settings, truncate_metrics, write_config)
+from .setup import (build_reference, check_lengths, load_data, load_policy, load_tokenizer_for, pick_device,
+                    run_callbacks)
 from .sources import DATA_COLUMNS, BatchSource, OfflineSource
 
 
@@ -81,7 +86,7 @@ def compute_loss(model: Any, reference: Any, objective: Objective, batch: Sequen
     for s in suppliers:
         s.supply(stats, step)
     out = objective(stats)
-    return out.loss.mean(), out.metrics, stats
+    return out.loss.mean(), {**step.metrics, **out.metrics}, stats
 
 
 # ----------------------------------------------------------------------------- the run
@@ -107,6 +112,7 @@ class Run:
     device: torch.device
     eval_items: list[Any]
     data_name: str = ""
+    identity: dict[str, Any] = field(default_factory=dict)   # run_id and the settings it hashes
 
 
 def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
@@ -121,7 +127,28 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
     ``forward``: what turns batches into stats (default: :class:`~preftune.train.forward.PolicyLogps`).
     """
     cfg = config
-    out = prepare_run_dir(cfg)
+    out, created = prepare_run_dir(cfg)
+    try:
+        with run_lock(out), _quiet_transformers(not cfg.progress):
+            return _train(cfg, out, model=model, tokenizer=tokenizer, train_examples=train_examples,
+                          eval_examples=eval_examples, callbacks=callbacks, forward=forward, source=source)
+    except BaseException:
+        if created and set(os.listdir(out)) <= {LOCK}:  # failed before writing anything: leave no empty run dir
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(cfg: TrainConfig, out: Path, *, model: Any, tokenizer: Any, train_examples: Sequence[Any] | None,
+           eval_examples: Sequence[Any] | None, callbacks: Sequence[Callback], forward: Forward | None,
+           source: BatchSource | None) -> RunResult:
+    if cfg.overwrite and not cfg.resume:
+        gone = clear_run(out)
+        if gone:
+            print(f"preftune: --overwrite: removed the previous run's {', '.join(gone)} from {out}")
+    remove_stale_temps(out)
+    if cfg.eval_every and eval_examples is None and not _given(cfg.eval_data):
+        raise ConfigError(f"eval_every={cfg.eval_every} does nothing without eval_data; set --eval-data (held-out "
+                          "data) or drop --eval-every")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     objective = build_objective(cfg.loss, **cfg.loss_params)
@@ -136,7 +163,7 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
     if source is None:
         if train_examples is None and not cfg.data:
             raise ConfigError("no training data given: set --data")
-        data = load_data(cfg, tokenizer, train_examples, cfg.data, cfg.split)
+        data = load_data(cfg, tokenizer, train_examples, cfg.data, cfg.split, kind=objective.kind)
         if not data.items and data.kind.name == objective.kind:
             raise ConfigError(f"{data.name}: no training examples left")
         source = OfflineSource(data.items, data.kind, data.kind.collator(cfg.layout, pad_id),
@@ -150,7 +177,8 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
         source.check_columns(objective)
     eval_items: list[Any] = []
     if eval_examples is not None or cfg.eval_data:
-        ev = load_data(cfg, tokenizer, eval_examples, cfg.eval_data, cfg.eval_split or cfg.split)
+        ev = load_data(cfg, tokenizer, eval_examples, cfg.eval_data, cfg.eval_split, kind=objective.kind,
+                       evaluation=True)
         eval_items = ev.items
         for k, v in ev.skipped.items():
             skipped[f"eval/{k}"] = v
@@ -163,7 +191,8 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
 
     model_given = model is not None
     model = load_policy(cfg, model, device)
-    reference = build_reference(cfg, objective, model, source, device, model_given)
+    check_lengths(cfg, model, source, eval_items)
+    reference = build_reference(cfg, objective, model, source, device, model_given, tokenizer)
     suppliers = suppliers_for(objective, provided=provided, reference=reference)
     for sup in suppliers:
         sup.prepare(objective, reference, getattr(source, "items", []), eval_items, pad_id, device)
@@ -176,32 +205,86 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
     state = objective_state(objective).to(device)
     params = [p for p in model.parameters() if p.requires_grad] + list(state.parameters())
     optimizer, scheduler = build_optimizer(params, cfg, total)
+    settings = run_settings(cfg)
     run = Run(cfg, model, tokenizer, objective, reference, source, forward, suppliers, state, params, optimizer,
-              scheduler, device, eval_items, source.name)
+              scheduler, device, eval_items, source.name, {"run_id": run_identity(settings), "run_settings": settings})
 
-    start_step = 0
-    if cfg.resume:
-        ck = latest_checkpoint(out, fallback=cfg.resume_fallback)
-        if ck is None:
-            print(f"preftune: no checkpoint in {out}; starting from step 0")
-        else:
-            check_same_run(out, cfg)
-            saved = load_checkpoint(ck, model, optimizer, scheduler, state)
-            start_step = saved["step"]
-            source.load_state_dict(saved.get("source") or saved)
-            print(f"preftune: resumed from {ck} (step {start_step})")
+    start_step = _resume(run, out) if cfg.resume else 0
+    log_every = _saved_log_every(out, cfg.log_every)
     write_config(out, cfg, {
         "objective": objective.name, "objective_config": objective.config(), "reference": reference.describe(),
         **source.describe(), "eval_examples": len(eval_items), "skipped_rows": skipped,
-        "truncated_rows": truncated, "total_steps": total})
-    return _loop(run, out, start_step, total, callbacks, skipped)
+        "truncated_rows": truncated, "total_steps": total, "run_id": run.identity["run_id"]})
+    return _loop(run, out, start_step, total, callbacks, skipped, log_every)
+
+
+def _resume(run: Run, out: Path) -> int:
+    """Load the checkpoint ``--resume`` names (the newest verified one, or the path given) after checking it
+    belongs to this run; returns its step. A run with metrics but no checkpoint is not silently restarted."""
+    cfg = run.cfg
+    if isinstance(cfg.resume, str):
+        ck: Path | None = Path(cfg.resume)
+        if not ck.is_dir():
+            raise CheckpointError(f"--resume {cfg.resume}: no such checkpoint directory")
+        verify_checkpoint(ck)
+    else:
+        ck = latest_checkpoint(out, fallback=cfg.resume_fallback)
+    if ck is None:
+        if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size and not cfg.restart:
+            raise ConfigError(f"{out} has metrics but no checkpoint to resume from; pass --restart to start the run "
+                              "over (its metrics are discarded), or --overwrite to replace the run")
+        print(f"preftune: no checkpoint in {out}; starting from step 0")
+        return 0
+    check_same_run(out, cfg, read_state(ck), ck)
+    saved = load_checkpoint(ck, run.model, run.optimizer, run.scheduler, run.state)
+    step = saved["step"]
+    run.source.load_state_dict(saved.get("source") or saved)
+    later = [p for s, p in list_checkpoints(out) if s > step]
+    for p in later:  # resuming an earlier checkpoint abandons what came after it: never resume those later
+        shutil.rmtree(p, ignore_errors=True)
+    if later:
+        print(f"preftune: removed {len(later)} later checkpoint(s) of the abandoned continuation")
+    print(f"preftune: resumed from {ck} (step {step})")
+    return step
+
+
+def _given(data: Any) -> bool:
+    return data is not None and not (isinstance(data, str) and not data)
+
+
+def _saved_log_every(out: Path, default: int) -> int:
+    import yaml
+
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+        v = saved.get("log_every") if isinstance(saved, dict) else None
+        return v if isinstance(v, int) and v > 0 else default
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return default
+
+
+@contextlib.contextmanager
+def _quiet_transformers(quiet: bool) -> Iterator[None]:
+    """With progress off, transformers' own loading bars are off too (restored afterwards)."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _loop(run: Run, out: Path, start_step: int, total: int, callbacks: Sequence[Callback],
-          skipped: dict[str, int]) -> RunResult:
+          skipped: dict[str, int], log_every: int = 1) -> RunResult:
     cfg = run.cfg
     metrics_path = out / "metrics.jsonl"
-    history = truncate_metrics(metrics_path, start_step)
+    history = truncate_metrics(metrics_path, start_step, log_every)
     eval_history: list[dict[str, float]] = []
     state = TrainState(config=cfg, model=run.model, tokenizer=run.tokenizer, reference=run.reference,
                        objective=run.objective, output_dir=out, step=start_step, max_steps=total,
@@ -231,7 +314,8 @@ def _loop(run: Run, out: Path, start_step: int, total: int, callbacks: Sequence[
                 extra = cb.on_step_end(state, rec)
                 if extra:
                     rec.update(extra)
-            if cfg.eval_every and run.eval_items and (step % cfg.eval_every == 0 or step == total):
+            # with eval data but no --eval-every, evaluate once, at the end
+            if run.eval_items and (step == total or (cfg.eval_every and step % cfg.eval_every == 0)):
                 ev = evaluate(run.model, run.reference, run.objective, run.eval_items, run.source.collate, cfg,
                               run.device, forward=run.forward, suppliers=run.suppliers)
                 ev["step"] = step
@@ -241,7 +325,7 @@ def _loop(run: Run, out: Path, start_step: int, total: int, callbacks: Sequence[
                     cb.on_evaluate(state, ev)
             if step % cfg.log_every == 0 or step == total:
                 history.append(rec)
-                append_metrics(metrics_path, rec)
+                _io(lambda: append_metrics(metrics_path, rec), f"appending to {metrics_path}")
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec.get('rewards/accuracies', float('nan')):.2f}",
                             tok_s=f"{rec['tokens_per_second']:.0f}")
@@ -257,9 +341,9 @@ def _loop(run: Run, out: Path, start_step: int, total: int, callbacks: Sequence[
 
     final_dir = None
     if not interrupted:
-        if cfg.save_every:
-            _checkpoint(run, out, step)
-        final_dir = save_final(run.model, run.tokenizer, out / "final", run.state) if cfg.save_final else None
+        _checkpoint(run, out, step)  # before final/: a crash while writing final/ resumes from here
+        final_dir = _io(lambda: save_final(run.model, run.tokenizer, out / "final", run.state),
+                        f"writing {out / 'final'}") if cfg.save_final else None
         for cb in all_callbacks:
             extra = cb.on_train_end(state)
             if extra:
@@ -322,15 +406,28 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], bool]:
             raise
     run.scheduler.step()
     dt = time.perf_counter() - t0
+    lr = run.scheduler.get_last_lr()[0]
     rec = {"step": step + 1, "epoch": run.source.progress(), "loss": loss_sum, **agg,
-           "lr": run.scheduler.get_last_lr()[0], "grad_norm": gnorm,
+           "lr": lr, "learning_rate": lr, "grad_norm": gnorm,
            "tokens_per_second": tokens / dt if dt > 0 else 0.0}
     return rec, applied
 
 
 def _checkpoint(run: Run, out: Path, step: int) -> None:
-    save_checkpoint(out, step, run.model, run.optimizer, run.scheduler, extra={"source": run.source.state_dict()},
-                    keep=run.cfg.keep_checkpoints, objective_state=run.state)
+    _io(lambda: save_checkpoint(out, step, run.model, run.optimizer, run.scheduler,
+                                extra={"source": run.source.state_dict(), **run.identity},
+                                keep=run.cfg.keep_checkpoints, objective_state=run.state),
+        f"writing checkpoint step-{step} in {out / 'checkpoints'}")
+
+
+def _io(write: Callable[[], Any], what: str) -> Any:
+    """A write of the run directory; a full disk or a lost permission is one line, not a traceback. Every
+    write is atomic, so what was there before (the previous checkpoint, final/) is intact."""
+    try:
+        return write()
+    except OSError as e:
+        raise TrainingError(f"{what} failed: {e.strerror or e}; the previous checkpoints are intact "
+                            "(free space or fix the permission, then --resume)") from None
 
 
 class _Interrupt:
