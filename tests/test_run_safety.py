@@ -371,3 +371,18 @@ def test_logits_metrics_are_trls_mean_logit_over_response_tokens():
 def test_trainer_logs_logits_metrics(tiny_dir, data_file, tmp_path):
     res = train(_cfg(tiny_dir, data_file, tmp_path / "r", max_steps=1))
     assert {"logits/chosen", "logits/rejected"} <= set(res.history[0])
+
+
+def test_precomputed_reference_refuses_what_it_cannot_look_up(tiny_dir, data_file, tmp_path):
+    """Found on the way: a row-keyed cache cannot tell apart the two halves of a split pair, nor score the
+    mismatched pairs KTO makes per batch; both trained silently against wrong reference values before."""
+    with pytest.raises(ConfigError, match="row 1 holds more than one example .*use --ref model"):
+        train(_cfg(tiny_dir, data_file, tmp_path / "split", loss="kto", ref="precomputed"))
+    rows = [{"prompt": r["prompt"], "completion": r["chosen"], "label": i % 2 == 0}
+            for i, r in enumerate(arithmetic_rows(16, seed=3))]
+    unpaired = _write(tmp_path / "u.jsonl", rows)
+    with pytest.raises(ConfigError, match="needs reference log-probs of mismatched prompt/completion pairs"):
+        train(_cfg(tiny_dir, unpaired, tmp_path / "kl", loss="kto", ref="precomputed"))
+    res = train(_cfg(tiny_dir, unpaired, tmp_path / "ok", loss="kto", ref="precomputed", max_steps=1,
+                     loss_params={"beta": 0.5, "kl_estimate": "none"}))
+    assert res.history[0]["loss"] == pytest.approx(0.5, abs=1e-6)  # policy = cached reference

@@ -179,6 +179,13 @@ def precompute(model: Any, items: Sequence[Any], collate: Callable[[Sequence[Any
     """Compute (or load from ``cache_dir``) the reference sums of every item, keyed by row."""
     from safetensors.torch import load_file, save_file
 
+    seen: set[int] = set()
+    for it in items:
+        if it.row in seen:  # e.g. pairs split into two unpaired examples: both keep the pair's row
+            raise ConfigError(f"--ref precomputed looks reference log-probs up by row, and row {it.row} holds more "
+                              "than one example (pairs split for an unpaired objective?); use --ref model")
+        seen.add(it.row)
+
     from .io import atomic_path
 
     key = None

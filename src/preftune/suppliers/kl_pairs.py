@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from ..models.logprobs import sequence_logps
-from .base import MicroBatch, Supplier, register_supplier
+from .base import MicroBatch, Supplier, register_supplier, require_reference_model
 
 
 def mismatched(items: Sequence[Any]) -> list[Any]:
@@ -21,6 +21,12 @@ def mismatched(items: Sequence[Any]) -> list[Any]:
 @register_supplier
 class KLPairs(Supplier):
     provides = ("kl_pairs",)
+
+    def check(self, objective: Any, reference: Any) -> None:
+        # the mismatched pairs are made per batch: a cache of the dataset's own pairs cannot score them
+        require_reference_model(objective, reference, "hidden_states",
+                                "needs reference log-probs of mismatched prompt/completion pairs made per batch "
+                                "(kl_estimate='batch')")
 
     def supply(self, stats: Any, step: MicroBatch) -> None:
         items, collate = step.need_items("KL pairs (mismatched prompt/completion pairs)")
