@@ -386,3 +386,13 @@ def test_precomputed_reference_refuses_what_it_cannot_look_up(tiny_dir, data_fil
     res = train(_cfg(tiny_dir, unpaired, tmp_path / "ok", loss="kto", ref="precomputed", max_steps=1,
                      loss_params={"beta": 0.5, "kl_estimate": "none"}))
     assert res.history[0]["loss"] == pytest.approx(0.5, abs=1e-6)  # policy = cached reference
+
+
+def test_eval_data_of_another_kind_is_one_line(tiny_dir, data_file, tmp_path):
+    rows = [{"prompt": "1+1=", "completion": "2", "label": True}, {"prompt": "1+2=", "completion": "4", "label": False}]
+    unpaired = _write(tmp_path / "eval_unpaired.jsonl", rows)
+    with pytest.raises(ConfigError) as info:
+        train(_cfg(tiny_dir, data_file, tmp_path / "r", eval_data=str(unpaired)))
+    msg = str(info.value)
+    assert "eval_unpaired.jsonl" in msg and "unpaired" in msg and "\n" not in msg
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
