@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "demo": "demo",
     "arena": "arena",
     "data": "data",
+    "rm": "rm",
 }
 
 

@@ -105,9 +105,6 @@ def _metavar(f: dataclasses.Field) -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..objectives import available, objective_class
-    from ..train.config import TRL_NAMES, TRL_VALUE_NAMES, TrainConfig
-
     p = sub.add_parser(
         "train", help="train a model on preference data",
         description="Train a causal LM on preference data with any registered objective. "
@@ -117,6 +114,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "(learning_rate, per_device_train_batch_size, bf16, ...).",
         epilog="example: preftune train --model runs/tiny --data pairs.jsonl --loss dpo --beta 0.1 "
                "--output runs/x --max-steps 100")
+    add_train_options(p)
+    p.set_defaults(func=run)
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Every TrainConfig field, every objective hyperparameter and TRL's names as options of ``p`` (shared by
+    ``preftune train`` and ``preftune rm train``)."""
+    from ..objectives import available, objective_class
+    from ..train.config import TRL_NAMES, TRL_VALUE_NAMES, TrainConfig
+
     p.add_argument("--config", help="YAML recipe with any of the options below (keys as in config.yaml)")
     g = p.add_argument_group("training options")
     for name, f in TrainConfig.__dataclass_fields__.items():
@@ -166,7 +173,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         elif _is_switch(f):
             kw.update(nargs="?", const=True)
         t.add_argument(flag, **kw)
-    p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace):

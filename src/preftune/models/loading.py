@@ -70,9 +70,11 @@ def apply_lora(model: Any, lora: LoraSettings) -> Any:
     targets = lora.target_modules
     if isinstance(targets, str) and targets != "all-linear" and "," in targets:
         targets = [t.strip() for t in targets.split(",") if t.strip()]
+    # a reward model (sequence classification) keeps its score head trainable: peft's SEQ_CLS saves it whole
+    task = "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
     try:
         cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                         task_type="CAUSAL_LM")
+                         task_type=task)
         return get_peft_model(model, cfg)
     except ValueError as e:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})

@@ -19,7 +19,10 @@ from ..suppliers.base import MicroBatch
 
 
 class Forward:
+    """``provides``: the needs it fills itself; ``layouts``: the batch layouts it can read (None: any)."""
+
     provides: ClassVar[tuple[str, ...]] = ()
+    layouts: ClassVar[tuple[str, ...] | None] = None
 
     def __call__(self, step: MicroBatch, *, keep_states: bool = False) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -175,6 +175,10 @@ def _train(cfg: TrainConfig, out: Path, *, model: Any, tokenizer: Any, train_exa
                           f"{source.kind.name} data")
     if hasattr(source, "check_columns"):
         source.check_columns(objective)
+    layouts, layout = getattr(forward, "layouts", None), getattr(source.collate, "layout", None)
+    if layouts and layout is not None and layout not in layouts:
+        raise ConfigError(f"layout '{layout}' is not available to this model's forward ({type(forward).__name__} "
+                          f"reads {', '.join(layouts)}); set --layout {layouts[0]}")
     eval_items: list[Any] = []
     if eval_examples is not None or cfg.eval_data:
         ev = load_data(cfg, tokenizer, eval_examples, cfg.eval_data, cfg.eval_split, kind=objective.kind,
