@@ -35,14 +35,21 @@ def tiny(tiny_dir):
 
 
 @pytest.mark.parametrize("name", available())
-def test_objective_trains_one_step_through_the_trainer(name, tiny, tmp_path):
+def test_objective_trains_one_step_through_the_trainer(name, tiny, tiny_dir, tmp_path):
     import copy
 
     model, tok = tiny
     obj = get(name)
     cfg = TrainConfig(output=str(tmp_path / name), loss=name, max_steps=2, batch_size=4, lr=1e-3,
                       progress=False, group_by_length=False, save_final=False)
-    res = train(cfg, model=copy.deepcopy(model), tokenizer=tok, train_examples=_examples(obj.kind))
+    if "scores" in obj.needs:  # a reward-model objective: the same loop with the reward model's forward
+        from preftune.reward import train_reward_model
+        from preftune.reward.model import load_reward_model
+
+        model = load_reward_model(str(tiny_dir), tokenizer=tok)
+        res = train_reward_model(cfg, model=copy.deepcopy(model), tokenizer=tok, train_examples=_examples(obj.kind))
+    else:
+        res = train(cfg, model=copy.deepcopy(model), tokenizer=tok, train_examples=_examples(obj.kind))
     first = res.history[0]
     assert math.isfinite(first["loss"]) and math.isfinite(first["grad_norm"])
     assert res.steps == 2
