@@ -52,6 +52,9 @@ def evaluate_policy(task: Task, policy: Any, reference: Any, tok: Any, samples: 
     ``sft_rewards[i][j]`` is the true reward of the SFT model's sample ``j`` on prompt ``i``.
     """
     flat = [s for row in samples for s in row]
+    if not flat:
+        raise ValueError("evaluate_policy needs at least one sample (no evaluation prompt?); the arena falls "
+                         "back to fresh samples of the training prompts when the task has no unseen prompt")
     rewards = [[task.reward(s.prompt, s.response) for s in row] for row in samples]
     per_prompt_win = [win_rate(r, b[:len(r)]) for r, b in zip(rewards, sft_rewards)]
     items = [(s.prompt_ids, s.response_ids) for s in flat]

@@ -4,7 +4,9 @@ evaluation -> report. One plain function; each stage lives in its own module.
 Per seed: build (or load from the cache) the SFT model; sample ``samples_per_prompt``
 answers for each training prompt and label them (:mod:`.labelling`); then, for each
 objective, train a fresh copy of the SFT model with :func:`preftune.train.train` (the SFT
-model is the frozen reference) and evaluate it on held-out prompts (:mod:`.evaluate`).
+model is the frozen reference) and evaluate it on held-out prompts (:mod:`.evaluate`) -- or, when the
+task has no prompt outside the training prompts, on fresh samples of training prompts, which
+``results.json`` (``evaluation_note``, ``data[*].eval_prompt_source``) and the reports say in a note.
 All policies are sampled with the same seed, so differences between them are not sampling luck.
 """
 from __future__ import annotations
@@ -238,9 +240,7 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
         t0 = time.perf_counter()
         stage(f"seed {seed}: sampling {cfg.train_prompts}x{cfg.samples_per_prompt} answers")
         train_prompts = task_obj.sample_prompts(cfg.train_prompts, random.Random(f"train-prompts-{seed}"))
-        seen = set(train_prompts)
-        eval_prompts = [p for p in task_obj.sample_prompts(cfg.eval_prompts * 2, random.Random(f"eval-prompts-{seed}"))
-                        if p not in seen][:cfg.eval_prompts]
+        eval_prompts, eval_source = heldout_prompts(task_obj, train_prompts, cfg.eval_prompts, seed)
         gen = sample(sft_model, tok, train_prompts, cfg.samples_per_prompt, seed=seed,
                      max_new_tokens=task_obj.max_new_tokens, temperature=cfg.temperature)
         scored = [[(s.prompt, s.response, task_obj.preference_score(s.prompt, s.response)) for s in row]
@@ -251,7 +251,8 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
                        "flipped": i in set(data.flipped)} for i, p in enumerate(data.pairs)])
         ch_len = [len(p.chosen) for p in data.pairs]
         rj_len = [len(p.rejected) for p in data.pairs]
-        data_stats.append({"seed": seed, "pairs": len(data.pairs), "ranked_lists": len(data.ranked),
+        data_stats.append({"seed": seed, "eval_prompts": len(eval_prompts), "eval_prompt_source": eval_source,
+                           "pairs": len(data.pairs), "ranked_lists": len(data.ranked),
                            "flipped": len(data.flipped), "ties_dropped": data.ties_dropped,
                            "chosen_length": _mean(ch_len), "rejected_length": _mean(rj_len),
                            "chosen_longer": _mean([float(a > b) for a, b in zip(ch_len, rj_len)])})
@@ -329,11 +330,66 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
             "objectives": {e.label: {"spec": e.spec, "params": e.params, "kind": e.kind} for e in entries},
             "skipped": skipped, "timings": timings, "data": data_stats, "sft_cached": sft_cached,
             "command": command or reproduce_command(cfg), "examples": examples}
+    note = evaluation_note(data_stats)
+    if note:
+        meta["evaluation_note"] = note
     write_report(out, results, meta)
+    if note:
+        _add_note_to_reports(out, note)
     return results
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def heldout_prompts(task: Task, train_prompts: Sequence[str], n: int, seed: int) -> tuple[list[str], str]:
+    """Up to ``n`` evaluation prompts the training data does not contain, and where they come from.
+
+    Normally ``'heldout'``: prompts drawn from the task that are not among ``train_prompts`` (fewer than
+    ``n`` when the task has few unseen prompts). When the task's prompt space is so small that every
+    prompt drawn was already trained on (e.g. seven possible prompts), no unseen prompt exists: the
+    policies are then evaluated on ``n`` fresh draws of the task's prompts -- all of them *training*
+    prompts, answered by fresh samples -- and the source is ``'train'`` (the report says so)."""
+    rng = random.Random(f"eval-prompts-{seed}")
+    drawn = task.sample_prompts(n * 2, rng)
+    seen = set(train_prompts)
+    unseen = [p for p in drawn if p not in seen][:n]
+    if unseen:
+        return unseen, "heldout"
+    fresh = [p for p in drawn if p in seen][:n] or list(train_prompts)[:n]
+    if not fresh:
+        raise PreftuneError(f"task '{task.name}': no prompt to evaluate on (the task drew no prompts)")
+    return fresh, "train"
+
+
+def evaluation_note(data_stats: Sequence[dict[str, Any]]) -> str:
+    """The report's note when some seed evaluated on training prompts (no unseen prompt existed)."""
+    on_train = [d["seed"] for d in data_stats if d.get("eval_prompt_source") == "train"]
+    if not on_train:
+        return ""
+    return (f"Evaluation on training prompts (seed{'s' if len(on_train) > 1 else ''} "
+            f"{', '.join(map(str, on_train))}): the task has no prompt outside the training prompts, so the "
+            "held-out metrics were measured on fresh samples for training prompts, not on unseen prompts; "
+            "they show fit to the training prompts, not generalisation.")
+
+
+def _add_note_to_reports(out: Path, note: str) -> None:
+    """Put the evaluation note at the top of leaderboard.md and report.html (after the title)."""
+    import html as _html
+
+    from ..io import write_text
+
+    md_path, html_path = out / "leaderboard.md", out / "report.html"
+    if md_path.exists():
+        lines = md_path.read_text().split("\n")
+        lines[1:1] = ["", f"> **Note.** {note}"]
+        write_text(md_path, "\n".join(lines))
+    if html_path.exists():
+        h = html_path.read_text()
+        i = h.find("</h1>")
+        tag = f'<p class="note"><strong>Note.</strong> {_html.escape(note)}</p>'
+        h = h[:i + 5] + tag + h[i + 5:] if i >= 0 else h.replace("<body>", "<body>" + tag, 1)
+        write_text(html_path, h)
 
 
 def reproduce_command(cfg: ArenaConfig) -> str:

@@ -64,7 +64,8 @@ def collate_unpaired(examples: Sequence[TokenizedUnpaired], pad_id: int,
 
 def collate_ranked(examples: Sequence[TokenizedRanked], pad_id: int,
                    pad_to_multiple_of: int | None = None) -> SequenceBatch:
-    """Lists are padded to the longest list with empty entries, masked by ``extras['valid']``."""
+    """Lists are padded to the longest list with empty entries, masked by ``extras['valid']``. Completions
+    given as reasoning steps add ``extras['step_ids']`` ``[B*K, T]``: each response token's step, -1 elsewhere."""
     K = max(len(e.completion_ids) for e in examples)
     prompts, responses, scores, valid = [], [], [], []
     for e in examples:
@@ -78,5 +79,12 @@ def collate_ranked(examples: Sequence[TokenizedRanked], pad_id: int,
     extras = _extras(examples, ("weight",))
     extras["scores"] = torch.tensor(scores, dtype=torch.float32).view(len(examples), K)
     extras["valid"] = torch.tensor(valid).view(len(examples), K)
+    if examples and all(getattr(e, "step_ids", None) is not None for e in examples):
+        steps = torch.full(ids.shape, -1, dtype=torch.long)
+        for i, e in enumerate(examples):
+            for k, sid in enumerate(e.step_ids):
+                start = len(e.prompt_ids)
+                steps[i * K + k, start:start + len(sid)] = torch.tensor(sid, dtype=torch.long)
+        extras["step_ids"] = steps
     return SequenceBatch(ids, attn, torch.arange(ids.shape[0]), resp, None, "list", extras,
                          [e.row for e in examples], list_size=K)

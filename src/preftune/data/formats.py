@@ -7,7 +7,9 @@ Formats use TRL's field names, so datasets made for TRL load unchanged:
 * ``implicit``        only ``chosen``/``rejected``, full conversations (or strings) sharing a
                       prefix; the prompt is extracted as ``trl.data_utils.extract_prompt`` does
 * ``unpaired``        ``{prompt, completion, label}``
-* ``ranked``          ``{prompt, completions: [...], scores: [...]}``
+* ``ranked``          ``{prompt, completions: [...], scores: [...]}``; with text prompts each completion
+                      may be a list of reasoning-step strings (``["Step 1: ...", "Step 2: ..."]``),
+                      joined as they are into the completion text, for TPO's adaptive step rewards
 
 Optional numeric columns ``score_chosen``, ``score_rejected``, ``margin``, ``weight`` go to
 ``example.extras``. Unknown columns are ignored. Every problem is a one-line ``DataError``
@@ -270,8 +272,8 @@ def normalise(rec: RawRecord, fmt: str) -> Example:
     if fmt == "ranked":
         conv = _is_conv(r.value.get("prompt"))
         prompt = r.any_text("prompt", conv, response=False)
-        completions, scores = _ranked(r, conv)
-        return RankedExample(prompt, completions, scores, rec.row, rec.source, r.extras(("weight",)))
+        completions, scores, steps = _ranked(r, conv)
+        return RankedExample(prompt, completions, scores, rec.row, rec.source, r.extras(("weight",)), steps)
     raise AssertionError(fmt)
 
 
@@ -329,19 +331,46 @@ def _label(r: _Row) -> bool:
     raise r.error(f"must be true/false (or 1/0), got {shown}", "label", "bad_label")
 
 
-def _ranked(r: _Row, conv: bool) -> tuple[tuple[Any, ...], tuple[float, ...]]:
+def _steps(r: _Row, where: str, c: list) -> tuple[str, tuple[int, ...]]:
+    """A completion given as a list of reasoning-step strings: the joined text and where each step ends."""
+    if not c:
+        raise r.error("is an empty list of steps", where, "empty")
+    ends, n = [], 0
+    for j, step in enumerate(c):
+        if not isinstance(step, str):
+            hint = " (chat-message completions need a prompt given as messages too)" if isinstance(step, dict) else ""
+            raise r.error(f"must be a step string, got {_type_name(step)}{hint}", f"{where}[{j}]", "wrong_type")
+        if not step.strip():
+            raise r.error("is an empty step" if not step else "is a step of only whitespace", f"{where}[{j}]",
+                          "empty")
+        r.unicode(step, f"{where}[{j}]")
+        n += len(step)
+        ends.append(n)
+    return "".join(c), tuple(ends)
+
+
+def _ranked(r: _Row, conv: bool) -> tuple[tuple[Any, ...], tuple[float, ...], tuple[tuple[int, ...], ...] | None]:
     comps = r.get("completions")
     if not isinstance(comps, list):
         raise r.error(f"must be a list of completions, got {_type_name(comps)}", "completions", "wrong_type")
     if len(comps) < 2:
         raise r.error(f"needs at least 2 completions to rank, got {len(comps)}", "completions", "too_few")
-    out = []
+    out, steps = [], []
+    stepped = not conv and isinstance(comps[0], list)
     for i, c in enumerate(comps):
         where = f"completions[{i}]"
         if conv:
             out.append(r.messages(where, c, response=True))
         elif c is None:
             raise r.error("is missing", where, "missing_field")
+        elif stepped != isinstance(c, list):
+            raise r.error(f"is {'a string' if stepped else 'a list of steps'} but completions[0] is "
+                          f"{'a list of steps' if stepped else 'a string'}; give every completion as a list of "
+                          "step strings or none", where, "wrong_type")
+        elif stepped:
+            text, ends = _steps(r, where, c)
+            out.append(text)
+            steps.append(ends)
         else:
             out.append(r.text(where, c))
     scores = r.get("scores")
@@ -354,7 +383,7 @@ def _ranked(r: _Row, conv: bool) -> tuple[tuple[Any, ...], tuple[float, ...]]:
             raise r.error(f"must be a number, got {_type_name(s)}", f"scores[{i}]", "wrong_type")
         if not math.isfinite(_as_float(s)):
             raise r.error(f"must be finite, got {_as_float(s)}", f"scores[{i}]", "non_finite")
-    return tuple(out), tuple(_as_float(s) for s in scores)
+    return tuple(out), tuple(_as_float(s) for s in scores), (tuple(steps) if stepped else None)
 
 
 # ------------------------------------------------------------------------------ dataset checks

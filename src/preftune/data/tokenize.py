@@ -15,6 +15,11 @@ Truncation, after that: ``max_prompt_length`` cuts the prompt (``keep_end`` keep
 tokens, ``keep_start`` its first); then ``max_length`` cuts each response so that prompt +
 response fits, keeping the response's start. A prompt that alone fills ``max_length`` is an
 error (reason ``too_long``).
+
+Ranked completions given as reasoning steps (``RankedExample.steps``): step ``j`` ends at the response
+token where ``prompt + completion[:end_j]`` and ``prompt + completion + EOS`` stop agreeing (a token merged
+across a step boundary goes to the later step); EOS belongs to the last step. ``TokenizedRanked.step_ids``
+holds each response token's step, cut with the response.
 """
 from __future__ import annotations
 
@@ -184,6 +189,7 @@ def _tokenize_one(ex: Example, enc: _Encoder, max_length: int | None, max_prompt
                   truncation: str) -> Tokenized:
     responses, names = _responses(ex)
     prompt_ids, resp_ids = enc.split(ex, ex.prompt, responses)
+    steps = _step_ids(ex, enc, prompt_ids, resp_ids) if isinstance(ex, RankedExample) and ex.steps else None
 
     def error(message: str, field_name: str | None, reason: str) -> DataError:
         return DataError(message, file=ex.source or None, row=ex.row, field=field_name, reason=reason)
@@ -213,4 +219,17 @@ def _tokenize_one(ex: Example, enc: _Encoder, max_length: int | None, max_prompt
         return TokenizedPair(prompt_ids, resp_ids[0], resp_ids[1], ex.row, dict(ex.extras), cut)
     if isinstance(ex, UnpairedExample):
         return TokenizedUnpaired(prompt_ids, resp_ids[0], ex.label, ex.row, dict(ex.extras), cut)
-    return TokenizedRanked(prompt_ids, resp_ids, list(ex.scores), ex.row, dict(ex.extras), cut)
+    step_ids = None if steps is None else [ids[:len(r)] for ids, r in zip(steps, resp_ids)]
+    return TokenizedRanked(prompt_ids, resp_ids, list(ex.scores), ex.row, dict(ex.extras), cut, step_ids)
+
+
+def _step_ids(ex: RankedExample, enc: _Encoder, prompt_ids: list[int], resp: list[list[int]]) -> list[list[int]]:
+    """Per completion, the step index of each response token (before truncation)."""
+    assert ex.steps is not None and isinstance(ex.prompt, str)
+    n = len(prompt_ids)
+    out = []
+    for text, ends, r in zip(ex.completions, ex.steps, resp):
+        full = prompt_ids + r
+        bounds = [max(0, common_prefix_length(enc.ids(ex.prompt + text[:e]), full) - n) for e in ends[:-1]]
+        out.append([sum(b <= i for b in bounds) for i in range(len(r))])
+    return out

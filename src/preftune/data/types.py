@@ -68,7 +68,9 @@ class UnpairedExample:
 
 @dataclass(frozen=True)
 class RankedExample:
-    """K completions of one prompt with scores (higher is better)."""
+    """K completions of one prompt with scores (higher is better). ``steps``: for completions given as
+    lists of reasoning-step strings (TPO's adaptive step rewards), per completion the character offset
+    where each step ends in the joined completion text; None when the completions are plain."""
 
     prompt: Text
     completions: tuple[Text, ...]
@@ -76,6 +78,7 @@ class RankedExample:
     row: int = -1
     source: str = ""
     extras: dict[str, float] = field(default_factory=dict)
+    steps: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def conversational(self) -> bool:
@@ -113,6 +116,7 @@ class TokenizedRanked:
     row: int = -1
     extras: dict[str, float] = field(default_factory=dict)
     truncated: bool = False
+    step_ids: list[list[int]] | None = None  # per completion token: its reasoning step (0, 1, ...); None: no steps
 
 
 @dataclass

@@ -64,6 +64,29 @@ def load_model(name_or_path: str, *, dtype: str = "fp32", gradient_checkpointing
     return model
 
 
+def load_sequence_classifier(name_or_path: str, *, num_labels: int = 1, dtype: str = "fp32",
+                             trust_remote_code: bool = False, device: str | torch.device = "cpu") -> Any:
+    """``AutoModelForSequenceClassification.from_pretrained`` (safetensors only): a reward model. A causal LM
+    checkpoint gets a new, randomly initialised head (transformers' "newly initialized" warning is silenced:
+    that is the point)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=num_labels, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code,
+            use_safetensors=True)
+    except Exception as e:  # noqa: BLE001 - a bad directory surfaces as many types; each becomes one line
+        if _is_oom(e):
+            raise
+        raise ConfigError(f"cannot load a reward model from '{name_or_path}': {_first_line(e)}") from None
+    finally:
+        hf_logging.set_verbosity(level)
+    return model.to(device)
+
+
 def apply_lora(model: Any, lora: LoraSettings) -> Any:
     from peft import LoraConfig, get_peft_model
 

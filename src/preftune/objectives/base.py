@@ -390,6 +390,9 @@ class Wrapper(Objective):
             self.base_objective = get(self.base, **self.base_hparams)
         else:
             raise ConfigError(f"objective '{self.name}': base must be an objective name, got {self.base!r}")
+        if not getattr(self.base_objective, "accepts_weights", True):
+            raise ConfigError(f"objective '{self.name}' reweights pairs; '{self.base_objective.name}' sorts its "
+                              "batch into quantiles, where per-pair weights would land on other pairs")
         if self.base_objective.kind != "pair":
             raise ConfigError(f"objective '{self.name}' wraps pair objectives; '{self.base_objective.name}' "
                               f"takes {self.base_objective.kind} data")

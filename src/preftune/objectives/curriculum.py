@@ -1,13 +1,26 @@
-"""Curry-DPO (P35): several ranked pairs per prompt from ranked data, ordered easy -> hard.
+"""Curry-DPO (P35, Pattnaik et al. 2024, "Curry-DPO: Enhancing Alignment using Curriculum Learning &
+Ranked Preferences", sec. 3): several ranked pairs per prompt from ranked data, ordered easy -> hard.
 
 :func:`curriculum_pairs` turns each :class:`~preftune.data.types.RankedExample` into pairs and gives each
 a difficulty; :class:`CurriculumSampler` yields pair indices stage by stage (easiest stage first,
-shuffled within a stage), which is P35's curriculum (sec. 3: pairs of the highest-ranked response
-with the lowest first, then with progressively closer ones).
+shuffled within a stage); :func:`curriculum_stages` gives the stages as separate pair lists.
+
+What P35 does (paper, sec. 3 and Fig. 1; no authors' code is public -- only the pairs, released as the
+Hugging Face data set ServiceNow-AI/Curriculum_DPO_preferences): responses R1 > R2 > R3 > R4 ranked by
+their rating; the chosen response is always R1; the pairs (R1, R4), (R1, R3), (R1, R2) are ordered by
+their rating difference, largest (easiest) first; *iteration* i trains DPO on the i-th easiest pair of
+every prompt, and the model trained in iteration i becomes the *reference model* of iteration i + 1.
+``pairing='best_vs_rest'`` with ``criterion='score_gap'`` gives exactly these pairs and iterations
+(stage i = iteration i).
+
+Difference, said plainly: :class:`CurriculumSampler` orders the pairs of *one* training run -- the
+reference stays the initial model throughout (a non-iterative curriculum). P35's iterative
+reference update is a property of the training loop, not of a sampler: to reproduce it, train one run per
+stage of :func:`curriculum_stages`, each starting from and using as its reference the previous stage's
+final model.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -98,3 +111,10 @@ class CurriculumSampler:
             else:
                 idx.sort(key=lambda i: self.pairs[i].difficulty)
             yield from idx
+
+
+def curriculum_stages(pairs: Sequence[CurriculumPair]) -> list[list[PairExample]]:
+    """The pairs of each stage, easiest stage first (P35's iterations): stage i's pairs in input order.
+    For P35's iterative Curry-DPO train one run per stage, each from and against the previous stage's model."""
+    stages = sorted({p.stage for p in pairs})
+    return [[p.pair for p in pairs if p.stage == s] for s in stages]

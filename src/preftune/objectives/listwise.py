@@ -72,7 +72,7 @@ def adaptive_step_weights(step_ids: Tensor, step_embeddings: list[list[Tensor]])
     Returns [K, T] weights (0 outside responses).
     """
     K, T = step_ids.shape
-    out = torch.zeros(K, T)
+    out = torch.zeros(K, T, device=step_ids.device)
     for k in range(K):
         others = [e for j in range(K) if j != k for e in step_embeddings[j]]
         for s, e in enumerate(step_embeddings[k]):
@@ -88,7 +88,8 @@ def adaptive_step_weights(step_ids: Tensor, step_embeddings: list[list[Tensor]])
 @register
 @dataclass
 class TPO(Objective):
-    """TPO (P23, Liao et al. 2024, eq. 8-10): preference-list ranking over a tree's responses.
+    """TPO (P23, Liao et al. 2024/ICLR 2025, arXiv 2410.12854, eq. 8-10): preference-list ranking over a tree's
+    responses.
 
     Reward of response k: ``r_k = beta * sum_t w_kt (log pi - log pi_ref)_t`` where ``w`` are the adaptive
     step-reward weights (``extras['step_weights']`` [B, K, T], from :func:`adaptive_step_weights`; needs
@@ -97,6 +98,28 @@ class TPO(Objective):
     ``sum_{i > j by score} lambda_ij * -log sigmoid(r_i - r_j)``,
     ``lambda_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|``, ``G = 2^score - 1``, ``D(tau) = log2(1 + tau)``
     with tau the rank by score. ``weighting='uniform'`` uses lambda = 1 (mean over ordered pairs).
+
+    ``preftune train`` computes the step weights (supplier ``step_weights``) when the ranked completions are
+    given as lists of reasoning-step strings: step embeddings are the policy's mean final hidden states over
+    each step's tokens, without gradient.
+
+    verified against: MrBlankness/TPO loss.py::TPOLoss.forward / compute_step_weights /
+    compute_weighted_logits / lambda_rank_loss @ ba87a23cb8891c596d4276c1f3cca863aabc5928. The released code
+    differs from this implementation, which follows the paper's equations as stated above (the equation
+    text itself was not re-read for this check: the arXiv body was not retrievable), in:
+
+    * step weights: ``1 + cos(e_ks, e_0s)`` against the *same-index* step of response 0 (with gradient
+      through the cosine), not a down-weighting of steps shared with the other responses;
+    * reward normalisation: ``r_k`` is the weight-normalised mean over steps of each step's *mean* token
+      log-ratio (``sum_s w_s mean_t(log-ratio) / sum_s w_s``), not the weighted sum of token log-ratios, and
+      ``beta`` is applied outside the ranking loss; steps past the list's fewest are merged into the last;
+    * ranking loss: an unweighted mean of ``-log sigmoid((r_i - r_j) sign(s_i - s_j))`` over all N^2 ordered
+      pairs, including i = j and ties (each a constant log 2), divided by N(N-1) -- no lambda weights;
+    * outer sign: the released loss is ``-log sigmoid(beta * L_rank)``, which *decreases* as the ranking
+      loss grows, so gradient descent on it reverses the ranking (checked numerically: at equal rewards its
+      gradient raises the worst response's reward and lowers the best's);
+    * per-token log-probs: gathered without the one-position shift and from position 0's distribution only
+      (``gather(log_softmax(logits), -1, labels.unsqueeze(1))``).
     """
 
     name = "tpo"
@@ -140,4 +163,8 @@ class TPO(Objective):
             loss = (lam * pair * better).sum((-1, -2))
         else:
             loss = (pair * better).sum((-1, -2)) / better.sum((-1, -2)).clamp(min=1)
-        return ObjectiveOutput(apply_weight(loss, stats.weight), _list_metrics(r, stats))
+        m = _list_metrics(r, stats)
+        if self.step_rewards and stats.mask is not None:  # the mean step weight over response tokens
+            mask = stats.mask.bool()
+            m["tpo/step_weight_mean"] = stats.extras["step_weights"].detach().float()[mask].mean()
+        return ObjectiveOutput(apply_weight(loss, stats.weight), m)

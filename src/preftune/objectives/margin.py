@@ -6,11 +6,13 @@ each score by its own response length), so that a loss here equals TRL's on the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
 from .base import Objective, ObjectiveOutput, PairStats, apply_weight, hp, logratios, register, require, reward_metrics
 from .compose import WeightedSum
 from .dpo import DPO, FDivergenceObjective, f_score
@@ -247,9 +249,25 @@ def _smoothed_logistic(delta: Tensor, beta: float, eps: float) -> Tensor:
     return -F.logsigmoid(beta * delta) * (1 - eps) - F.logsigmoid(-beta * delta) * eps
 
 
+@dataclass
+class _Sorted(_Plain):
+    """Base of the AOT losses: the per-example loss is per *sorted quantile* of the batch, not per pair,
+    so a per-pair weight (a ``weight`` column, WPO, MADPO, LCPO) would land on the wrong quantile.
+    TRL 1.16 refuses ``use_weighting`` with ``aot``/``aot_unpaired`` likewise (``NotImplementedError``).
+    ``accepts_weights = False`` tells wrappers to refuse this base at construction."""
+
+    accepts_weights: ClassVar[bool] = False
+
+    def check_stats(self, stats: PairStats) -> None:  # type: ignore[override]
+        super().check_stats(stats)
+        if stats.weight is not None:
+            raise ConfigError(f"objective '{self.name}' sorts the batch, so per-pair weights (a weight column, "
+                              "wpo, madpo, lcpo) would land on sorted quantiles, not pairs; drop the weights")
+
+
 @register
 @dataclass
-class AOT(_Plain):
+class AOT(_Sorted):
     """AOT, paired (Melnyk et al. 2024, eq. 9; TRL ``aot``): distributional alignment via optimal transport
     in 1-D, i.e. the logistic loss on the *sorted* policy log-ratios minus the *sorted* reference ones
     across the batch. Depends on the whole batch: the per-example loss is per sorted quantile."""
@@ -269,7 +287,7 @@ class AOT(_Plain):
 
 @register
 @dataclass
-class AOTUnpaired(_Plain):
+class AOTUnpaired(_Sorted):
     """AOT, unpaired (Melnyk et al. 2024, eq. 8; TRL ``aot_unpaired``): logistic loss on sorted chosen
     log-ratios minus sorted rejected log-ratios across the batch."""
 

@@ -178,38 +178,73 @@ def fit_density_ratio(desirable_emb: Tensor, undesirable_emb: Tensor, steps: int
 @register
 @dataclass
 class NPO(Objective):
-    """NPO (P06, Zhang et al. 2024, eq. 3): on the forget set (label False)
-    ``(2/beta) log(1 + (pi/pi_ref)^beta) = -(2/beta) log sigmoid(-beta h)``; as beta -> 0 it tends to
-    gradient ascent. Retain examples (label True) get ``retain_weight * NLL`` (per-token mean; P06 eq. 4,
-    'NPO+RT'); with ``retain_weight = 0`` they contribute nothing."""
+    """NPO (P06, Zhang et al. 2024, eq. 3) and NPO+RT (P06's TOFU experiments: NPO plus a retain NLL term).
+
+    Forget examples (label False): ``(2/beta) log(1 + (pi/pi_ref)^beta) = -(2/beta) log sigmoid(-beta h)``,
+    ``h = log pi(y|x) - log pi_ref(y|x)`` summed over response tokens; as beta -> 0 it tends to gradient
+    ascent. Retain examples (label True): the NLL ``-log pi(y|x)``.
+
+    Verified against the authors' code: licong-lin/negative-preference-optimization, ``TOFU/dataloader.py``,
+    ``CustomTrainerForgetting.compute_loss`` (branches ``'npo'`` and ``'npo_grad_diff'``), with
+    ``TOFU/data_module.py::get_batch_loss`` (per-sequence *summed* token NLL), commit
+    1207bbe9a1abf502bc2d7b43a0a467d9524b4036. There the loss is
+    ``npo_coeff * mean_forget[-(2/beta) logsigmoid(beta (nll - nll_ref))] + grad_diff_coeff * retain_loss``
+    with the forget and retain terms computed on *separate* batches, and ``retain_loss`` the Hugging Face
+    causal-LM loss: the NLL averaged over *all retain tokens of the batch* (a token-level mean).
+
+    preftune puts forget and retain examples in one batch and the trainer takes the plain mean of the
+    per-example loss, so the objective rescales each example so that this mean is exactly
+    ``mean_forget + retain_weight * retain_token_mean``, independent of how many of each kind the batch holds:
+
+    * forget example ``i``: ``(B / n_forget) * npo_i``;
+    * retain example ``j``: ``retain_weight * B * nll_j / (sum of the lengths of the batch's retain
+      responses)``, i.e. each retain *token* counts equally (the authors' ``outputs.loss``).
+
+    A batch with no forget example gives ``retain_weight * retain_token_mean`` (only the retain term); one
+    with no retain example gives ``mean_forget`` (only the NPO term); the other term is not extrapolated.
+    P06's paper text could not be read here, so the retain term's normalisation (per retain *token*) is
+    taken from the authors' code, not checked against the paper's equation. The weights are per micro-batch (the trainer's mean is per micro-batch, as the authors' per-device
+    batch). A per-example ``weight`` column multiplies the rescaled loss. With ``retain_weight = 0``
+    (``npo``) retain examples contribute nothing and the loss is the mean NPO loss of the forget examples.
+    """
 
     name = "npo"
-    paper = "P06 (NPO) eq. 3 (NPO+RT: eq. 4)"
+    paper = "P06 (NPO) eq. 3; NPO+RT as in the authors' TOFU code (dataloader.py npo_grad_diff)"
     kind = "unpaired"
     beta: float = hp(0.1, "inverse temperature", low=0.0, low_open=True)
-    retain_weight: float = hp(0.0, "weight of the NLL term on retain (label True) examples", low=0.0)
+    retain_weight: float = hp(0.0, "lambda: weight of the retain NLL (token mean over the batch's retain "
+                                   "examples) added to the forget-set mean NPO loss", low=0.0)
 
     def __call__(self, stats: UnpairedStats) -> ObjectiveOutput:
         self.check_stats(stats)
         h = stats.policy_logps - stats.reference_logps  # type: ignore[operator]
         forget = -(2.0 / self.beta) * F.logsigmoid(-self.beta * h)
         require(stats, self.name, "lengths")
-        nll = -stats.policy_logps / stats.lengths.to(h.dtype).clamp(min=1)  # type: ignore[union-attr]
+        lengths = stats.lengths.to(h.dtype).clamp(min=1)  # type: ignore[union-attr]
+        nll_sum = -stats.policy_logps
         lab = stats.label.bool()
-        loss = torch.where(lab, self.retain_weight * nll, forget)
+        B = lab.numel()
+        n_forget, n_retain = int((~lab).sum()), int(lab.sum())
+        forget_scale = B / n_forget if n_forget else 0.0
+        retain_tokens = lengths[lab].sum() if n_retain else torch.ones((), dtype=h.dtype, device=h.device)
+        retain = self.retain_weight * B * nll_sum / retain_tokens
+        loss = torch.where(lab, retain, forget_scale * forget)
         m = _metrics(stats, self.beta * h)
-        if (~lab).any():
+        if n_forget:
             m["loss/forget"] = forget.detach()[~lab].mean()
-        if lab.any():
-            m["loss/retain"] = nll.detach()[lab].mean()
+        if n_retain:
+            m["loss/retain"] = (nll_sum.detach()[lab].sum() / retain_tokens.detach())
         return ObjectiveOutput(apply_weight(loss, stats.weight), m)
 
 
 @register
 @dataclass
 class NPORetain(NPO):
-    """NPO+RT (P06 eq. 4): ``npo`` with the retain NLL term on by default (retain_weight = 1)."""
+    """NPO+RT (P06's TOFU experiments, authors' ``npo_grad_diff``; NPO term: P06 eq. 3): ``npo`` with the retain NLL term on by default
+    (``retain_weight = 1``, the authors' ``grad_diff_coeff: 1.0`` in ``TOFU/config/forget.yaml``). The batch
+    mean of the per-example loss is ``mean_forget + retain_weight * retain_token_mean`` (see :class:`NPO`)."""
 
     name = "npo_rt"
-    paper = "P06 (NPO+RT) eq. 4"
-    retain_weight: float = hp(1.0, "weight of the NLL term on retain (label True) examples", low=0.0)
+    paper = "P06 (NPO+RT); authors' TOFU code dataloader.py npo_grad_diff @1207bbe"
+    retain_weight: float = hp(1.0, "lambda: weight of the retain NLL (token mean over the batch's retain "
+                                   "examples) added to the forget-set mean NPO loss", low=0.0)

@@ -3,7 +3,6 @@ padded layout, as TRL's RewardTrainer scores chosen and rejected sequences."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import Tensor
 

@@ -7,7 +7,6 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import ConfigError
 
 
 def load_reward_model(name_or_path: str, *, tokenizer: Any = None, dtype: str = "fp32",
@@ -15,29 +14,15 @@ def load_reward_model(name_or_path: str, *, tokenizer: Any = None, dtype: str = 
     """A sequence-classification model with one output (the reward). A causal LM checkpoint gets a new,
     randomly initialised score head (as TRL's RewardTrainer does); ``pad_token_id`` is taken from the tokenizer
     so the head reads each sequence's last real token."""
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
+    from ..models.loading import load_sequence_classifier
 
-    from ..models.loading import _first_line, _is_oom, resolve_dtype
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "some weights were newly initialized": expected for a new score head
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=1, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code,
-            use_safetensors=True)
-    except Exception as e:  # noqa: BLE001 - a bad directory surfaces as many types; each becomes one line
-        if _is_oom(e):
-            raise
-        raise ConfigError(f"cannot load a reward model from '{name_or_path}': {_first_line(e)}") from None
-    finally:
-        hf_logging.set_verbosity(level)
+    model = load_sequence_classifier(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is not None:
         model.config.pad_token_id = pad
     elif model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
-    return model.to(device)
+    return model
 
 
 class RewardModel:

@@ -1,7 +1,8 @@
 """``label_states``: the policy's final hidden state that predicts each response token, ``[B, T, H]`` per
 side (``extras['chosen_label_states']`` / ``['rejected_label_states']``; zero outside the response), with
-gradient, in any layout. Taken from the policy's log-prob forward (no second forward). SparsePO's learned
-masks (P25 sec. 3.2) read them through the objective's own mask head."""
+gradient, in any layout. Taken from the policy's log-prob forward (no second forward). Not read by SparsePO
+any more: its learned masks read the *reference's* states of every layer (``reference_layer_states``), as
+the authors' code does; kept for objectives of your own that read the policy's states."""
 from __future__ import annotations
 
 from typing import Any
