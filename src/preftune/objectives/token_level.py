@@ -88,13 +88,7 @@ def zn_rescale(act: Tensor, mask: Tensor) -> Tensor:
     n = m.sum(-1, keepdim=True).clamp(min=1)
     mean = x.masked_fill(~m, 0.0).sum(-1, keepdim=True) / n
     var = ((x - mean) ** 2).masked_fill(~m, 0.0).sum(-1, keepdim=True) / (n - 1).clamp(min=1)
-    z = (x - mean) / (var.sqrt() + 1e-12)
-    lo = z.masked_fill(~m, float("inf")).amin(-1, keepdim=True)
-    hi = z.masked_fill(~m, float("-inf")).amax(-1, keepdim=True)
-    span = hi - lo
-    flat = ~(span > 1e-12)
-    out = torch.where(flat, torch.ones_like(z), (z - lo) / torch.where(flat, torch.ones_like(span), span))
-    return out * m
+    return masked_rescale((x - mean) / (var.sqrt() + 1e-12), mask)
 
 
 def activation_mask(hidden_states: tuple[Tensor, ...] | list[Tensor], mask: Tensor,
