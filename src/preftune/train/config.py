@@ -5,19 +5,20 @@ Sources, later ones winning: the defaults below, a YAML recipe (``--config``, re
 (``--beta 0.1``) go to ``loss_params`` and are validated by the objective itself.
 
 Every value is brought to its field's type in one place (:func:`coerce_field`, driven by the
-dataclass annotations) before validation, so YAML recipes, the command line and Python callers
-get the same rules: ``"false"`` is false, ``"1e-3"`` is a number (PyYAML reads ``1e-3`` as a
-string), ``"null"`` is None for an optional field, ``"a,b"`` is a list for a list field; a value
-that is not unambiguous is a :class:`~preftune.errors.ConfigError` naming the key, the value and
-the type expected.
+dataclass annotations; the rules are in :mod:`preftune.train.coerce`) before validation, so YAML
+recipes, the command line and Python callers get the same rules: ``"false"`` is false, ``"1e-3"`` is
+a number (PyYAML reads ``1e-3`` as a string), ``"null"`` is None for an optional field, ``"a,b"`` is
+a list for a list field; a value that is not unambiguous is a :class:`~preftune.errors.ConfigError`
+naming the key, the value and the type expected.
 
 Objective hyperparameters may be given as keyword arguments in Python, as in a recipe:
 ``TrainConfig(model=..., data=..., loss="dpo", beta=0.1)`` puts ``beta`` in ``loss_params``. A
 name that is neither an option nor a hyperparameter of the chosen objective is an error.
 
 TRL / transformers ``TrainingArguments`` names are accepted where they mean the same
-(:data:`TRL_NAMES`, :data:`TRL_VALUE_NAMES`): ``learning_rate: 1e-3`` is ``lr``, ``bf16: true`` is
-``dtype: bf16``. Giving a name and its alias with different values is an error.
+(:data:`TRL_NAMES`, :data:`TRL_VALUE_NAMES`, in :mod:`preftune.train.trl_names`):
+``learning_rate: 1e-3`` is ``lr``, ``bf16: true`` is ``dtype: bf16``. Giving a name and its alias
+with different values is an error.
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ import copy
 import dataclasses
 import difflib
 import math
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from ..errors import ConfigError
+from .coerce import FieldError, coerce_hparam, coerce_source, coerce_value, describe_source, join_strings
+from .trl_names import TRL_NAMES, TRL_VALUE_NAMES, UNSET, from_trl, preftune_value
 
 REF_SOURCES = ("auto", "model", "adapter", "precomputed", "none")
 LAYOUTS = ("auto", "padded", "prefix_shared", "packed")
@@ -43,9 +45,6 @@ REPORTERS = ("tensorboard", "wandb")
 DataSource = Any
 _SOURCE = {"data_source": True}
 
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-_NULL = ("none", "null", "~")
 COMMAND_LINE = "command line"
 
 
@@ -258,13 +257,74 @@ _init.__wrapped__ = _dataclass_init  # type: ignore[attr-defined]  # inspect.sig
 TrainConfig.__init__ = _init  # type: ignore[method-assign]
 
 
-class FieldError(ConfigError):
-    """A ``ConfigError`` about one key. ``str()`` is ``"key: detail"`` (or ``detail`` alone when it
-    already names the key); a recipe's path or the command-line flag is put in front by the reader."""
+# ----------------------------------------------------------------------------- a field's value
 
-    def __init__(self, key: str, detail: str, *, named: bool = False):
-        self.key, self.detail, self.named = key, detail, named
-        super().__init__(detail if named else f"{key}: {detail}")
+_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig, globalns=globals())
+
+
+def coerce_field(f: dataclasses.Field, value: Any, *, key: str | None = None) -> Any:
+    """``value`` as the type of field ``f``, or a :class:`FieldError` naming ``key`` (default: the
+    field's name), the value and the type expected. TRL's spelling of a value is read as preftune's."""
+    key = key or f.name
+    if f.metadata.get("data_source"):
+        return coerce_source(key, value, optional=f.default is None)
+    if f.metadata.get("join_list"):
+        value = join_strings(value)
+    return preftune_value(f.name, coerce_value(key, value, _TYPES[f.name]))
+
+
+# ----------------------------------------------------------------------------- reading a source
+
+def _split(d: Mapping[str, Any], where: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One source's keys -> (options, objective hyperparameters). TRL names become preftune's; a key
+    given twice (``lr`` and ``learning_rate``) with different values is an error."""
+    known = TrainConfig.field_names()
+    fields_: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    params: dict[str, Any] = {}
+
+    def add_param(k: str, v: Any) -> None:
+        if k in params and params[k] != v:
+            raise ConfigError(f"{_prefix(where)}{k} is given twice, with different values "
+                              f"({params[k]!r} and {v!r}); give one")
+        params[k] = v
+
+    try:
+        for raw_key, value in d.items():
+            if not isinstance(raw_key, str):
+                raise ConfigError(f"{_prefix(where)}option names must be strings, got {raw_key!r}")
+            key = target = raw_key.replace("-", "_")
+            if key not in known:
+                trl = from_trl(key, value)
+                if trl is None:  # an objective hyperparameter
+                    add_param(key, value)
+                    continue
+                target, value = trl
+                if value is UNSET:
+                    continue
+                value = coerce_field(_FIELDS[target], value, key=key)  # an error names the TRL name
+            if target == "loss_params":
+                if value is None:
+                    continue
+                if not isinstance(value, Mapping):
+                    raise FieldError("loss_params", f"expected a mapping of hyperparameter: value, got {value!r}")
+                for k, v in value.items():
+                    add_param(k, v)
+                continue
+            if target in fields_:
+                first = given_as[target]
+                a = coerce_field(_FIELDS[target], fields_[target], key=first)
+                b = coerce_field(_FIELDS[target], value, key=key)
+                if not _same(a, b):
+                    raise FieldError(target, f"{_name(first, where)} and {_name(key, where)} both set {target}, "
+                                             f"to different values ({a!r} and {b!r}); give one", named=True)
+                continue
+            fields_[target] = value
+            given_as[target] = key
+    except FieldError as e:  # put the recipe's path or the command-line flag in front
+        raise ConfigError(_located(e, where)) from None
+    return fields_, params
 
 
 def _build(cls: type[TrainConfig], fields_: dict[str, Any], params: dict[str, Any], origins: dict[str, str],
@@ -285,156 +345,6 @@ def _located(e: FieldError, where: str | None) -> str:
     return f"{where}: {e}"
 
 
-# ----------------------------------------------------------------------------- TRL names
-
-# TRL / transformers name -> preftune option of the same meaning (and unit).
-TRL_NAMES: dict[str, str] = {
-    "learning_rate": "lr",
-    "per_device_train_batch_size": "batch_size",
-    "per_device_eval_batch_size": "eval_batch_size",
-    "gradient_accumulation_steps": "grad_accum",
-    "num_train_epochs": "epochs",
-    "lr_scheduler_type": "lr_schedule",
-    "adam_epsilon": "adam_eps",
-    "logging_steps": "log_every",
-    "save_steps": "save_every",
-    "eval_steps": "eval_every",
-    "save_total_limit": "keep_checkpoints",
-    "output_dir": "output",
-    "overwrite_output_dir": "overwrite",
-    "resume_from_checkpoint": "resume",
-    "model_name_or_path": "model",
-    "torch_dtype": "dtype",
-    "dataset_name": "data",
-    "dataset_train_split": "split",
-    "truncation_mode": "truncation",
-    "lora_target_modules": "lora_target",
-    "loss_type": "loss",
-}
-
-
-def _flag(target: str, on: Any) -> Callable[[str, Any], Any]:
-    """A TRL boolean that, when true, sets ``target`` to ``on`` (and when false sets nothing)."""
-    def conv(key: str, v: Any) -> Any:
-        b = _as_bool(v)
-        if b is None:
-            raise FieldError(key, f"expected true or false, got {v!r}")
-        return on if b else _UNSET
-    return conv
-
-
-def _strategy(target: str, off: Any) -> Callable[[str, Any], Any]:
-    """TRL's ``*_strategy``: "steps" (preftune's only way) sets nothing, "no" turns ``target`` off."""
-    def conv(key: str, v: Any) -> Any:
-        s = str(v).strip().lower() if isinstance(v, str) else v
-        if s == "steps":
-            return _UNSET
-        if s == "no" or s is False:
-            return off
-        raise FieldError(key, f"{v!r} is not supported; preftune counts steps: use 'steps' or 'no' "
-                              f"(and set {target})", named=False)
-    return conv
-
-
-def _not(key: str, v: Any) -> Any:
-    b = _as_bool(v)
-    if b is None:
-        raise FieldError(key, f"expected true or false, got {v!r}")
-    return not b
-
-
-# TRL / transformers name -> (preftune option, converter of the value).
-TRL_VALUE_NAMES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
-    "bf16": ("dtype", _flag("dtype", "bf16")),
-    "fp16": ("dtype", _flag("dtype", "fp16")),
-    "disable_tqdm": ("progress", _not),
-    "precompute_ref_log_probs": ("ref", _flag("ref", "precomputed")),
-    "save_strategy": ("save_every", _strategy("save_every", 0)),
-    "eval_strategy": ("eval_every", _strategy("eval_every", None)),
-    "evaluation_strategy": ("eval_every", _strategy("eval_every", None)),
-}
-
-# Values spelled the TRL way.
-_VALUE_ALIASES: dict[str, dict[str, str]] = {
-    "lr_schedule": {"constant_with_warmup": "constant"},
-}
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "<unset>"
-
-
-_UNSET = _Unset()
-
-
-def _split(d: Mapping[str, Any], where: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One source's keys -> (options, objective hyperparameters). TRL names become preftune's; a key
-    given twice (``lr`` and ``learning_rate``) with different values is an error."""
-    known = TrainConfig.field_names()
-    fields_: dict[str, Any] = {}
-    given_as: dict[str, str] = {}
-    params: dict[str, Any] = {}
-
-    def fail(e: FieldError) -> ConfigError:
-        return ConfigError(_located(e, where))
-
-    for raw_key, value in d.items():
-        if not isinstance(raw_key, str):
-            raise ConfigError(f"{_prefix(where)}option names must be strings, got {raw_key!r}")
-        key = raw_key.replace("-", "_")
-        target = key
-        if key not in known and key in TRL_NAMES:
-            target = TRL_NAMES[key]
-            if target == "loss" and isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
-                value = ",".join(value)   # TRL's list of loss types (each weighted 1 without loss_weights)
-            try:
-                value = coerce_field(_FIELDS[target], value, key=key)
-            except FieldError as e:
-                raise fail(e) from None
-        elif key not in known and key in TRL_VALUE_NAMES:
-            target, conv = TRL_VALUE_NAMES[key]
-            try:
-                value = conv(key, value)
-            except FieldError as e:
-                raise fail(e) from None
-            if value is _UNSET:
-                continue
-        elif key not in known:
-            if key in params and params[key] != value:
-                raise ConfigError(f"{_prefix(where)}{key} is given twice, with different values "
-                                  f"({params[key]!r} and {value!r}); give one")
-            params[key] = value
-            continue
-        if target == "loss_params":
-            if value is None:
-                continue
-            if not isinstance(value, Mapping):
-                raise fail(FieldError("loss_params", f"expected a mapping of hyperparameter: value, got {value!r}"))
-            for k, v in value.items():
-                if k in params and params[k] != v:
-                    raise ConfigError(f"{_prefix(where)}{k} is given twice, with different values "
-                                      f"({params[k]!r} and {v!r}); give one")
-                params[k] = v
-            continue
-        if target in fields_:
-            f = _FIELDS[target]
-            try:
-                a = coerce_field(f, fields_[target], key=given_as[target])
-                b = coerce_field(f, value, key=key)
-            except FieldError as e:
-                raise fail(e) from None
-            if not _same(a, b):
-                first = given_as[target]
-                raise fail(FieldError(target, f"{_name(first, where)} and {_name(key, where)} both set {target}, "
-                                              f"to different values ({a!r} and {b!r}); "
-                                              "give one", named=True))
-            continue
-        fields_[target] = value
-        given_as[target] = key
-    return fields_, params
-
-
 def _prefix(where: str | None) -> str:
     return "" if where in (None, COMMAND_LINE, "replace") else f"{where}: "
 
@@ -447,209 +357,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float):
         return a == b or math.isclose(a, b, rel_tol=1e-12)
     return a == b
-
-
-# ----------------------------------------------------------------------------- coercion
-
-def _hints() -> dict[str, Any]:
-    global _HINTS
-    if _HINTS is None:
-        _HINTS = typing.get_type_hints(TrainConfig, globalns=globals())
-    return _HINTS
-
-
-_HINTS: dict[str, Any] | None = None
-_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def _as_bool(v: Any) -> bool | None:
-    """True/False for an unambiguous boolean (a bool, 0/1, true/false/yes/no/on/off), else None."""
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, int) and v in (0, 1):
-        return bool(v)
-    if isinstance(v, str):
-        s = v.strip().lower()
-        if s in _TRUE:
-            return True
-        if s in _FALSE:
-            return False
-    return None
-
-
-def _is_null(v: Any) -> bool:
-    return v is None or (isinstance(v, str) and v.strip().lower() in _NULL)
-
-
-def _is_dataset(v: Any) -> bool:
-    mod = type(v).__module__ or ""
-    return mod.startswith("datasets.") and hasattr(v, "__iter__")
-
-
-def _given(v: Any) -> bool:
-    """Whether a data source was given (an empty string or None is not; a dataset object is)."""
-    if v is None:
-        return False
-    if isinstance(v, str):
-        return bool(v.strip())
-    return True
-
-
-def describe_source(v: Any) -> Any:
-    """A data source as plain data: a path as itself, an object as a placeholder string."""
-    if v is None or isinstance(v, str):
-        return v
-    if isinstance(v, os.PathLike):
-        return os.fspath(v)
-    if _is_dataset(v):
-        name = f"datasets.{type(v).__name__}"
-        if hasattr(v, "keys") and not hasattr(v, "features"):  # DatasetDict
-            try:
-                parts = ", ".join(f"{k}: {len(v[k])} rows" for k in v.keys())
-            except TypeError:
-                parts = ", ".join(str(k) for k in v.keys())
-            return f"<{name}: {parts}>"
-        try:
-            return f"<{name}: {len(v)} rows>"
-        except TypeError:
-            return f"<{name}>"
-    if isinstance(v, (list, tuple)):
-        return f"<list: {len(v)} rows>"
-    return f"<{type(v).__name__}>"
-
-
-def _expected(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, _UnionType):
-        parts = [_expected(a) for a in args if a is not type(None)]
-        return " or ".join(parts) + (" or null" if type(None) in args else "")
-    if tp is bool:
-        return "true or false"
-    if tp is int:
-        return "an integer"
-    if tp is float:
-        return "a number"
-    if tp is str:
-        return "a string"
-    if origin is list:
-        return "a list of strings or a comma-separated string"
-    if origin is dict:
-        return "a mapping"
-    return getattr(tp, "__name__", str(tp))
-
-
-_UnionType = type(int | None)
-
-
-def coerce_field(f: dataclasses.Field, value: Any, *, key: str | None = None) -> Any:
-    """``value`` as the type of field ``f``, or a :class:`FieldError` naming ``key`` (default: the
-    field's name), the value and the type expected."""
-    key = key or f.name
-    if f.metadata.get("data_source"):
-        return _coerce_source(key, value, optional=f.default is None)
-    tp = _hints()[f.name]
-    if f.metadata.get("join_list") and isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
-        value = ",".join(value)
-    out = _coerce(key, value, tp)
-    aliases = _VALUE_ALIASES.get(f.name)
-    if aliases and isinstance(out, str):
-        out = aliases.get(out, out)
-    return out
-
-
-def _coerce_source(key: str, v: Any, *, optional: bool) -> Any:
-    if optional and _is_null(v):
-        return None
-    if isinstance(v, str):
-        return v
-    if isinstance(v, os.PathLike):
-        return os.fspath(v)
-    if _is_dataset(v):
-        return v
-    if isinstance(v, (list, tuple)):
-        return list(v)
-    raise FieldError(key, f"expected a path, a dataset name, a datasets.Dataset or a list of dicts, got {v!r}")
-
-
-def _coerce(key: str, v: Any, tp: Any) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, _UnionType):
-        if type(None) in args and _is_null(v):
-            return None
-        rest = tuple(a for a in args if a is not type(None))
-        if len(rest) == 1:
-            try:
-                return _coerce(key, v, rest[0])
-            except FieldError:
-                raise FieldError(key, f"expected {_expected(tp)}, got {v!r}") from None
-        if set(rest) == {bool, str}:  # resume: a switch or a path
-            b = _as_bool(v)
-            if b is not None:
-                return b
-            if isinstance(v, os.PathLike):
-                return os.fspath(v)
-            if isinstance(v, str) and v.strip():
-                return v
-            raise FieldError(key, f"expected true, false or a path, got {v!r}")
-        raise TypeError(f"no coercion for {tp}")  # pragma: no cover - a new field with a new type
-    if tp is Any:
-        return v
-    if tp is bool:
-        b = _as_bool(v)
-        if b is None:
-            raise FieldError(key, f"expected true or false, got {v!r}")
-        return b
-    if tp is int:
-        if isinstance(v, bool):
-            raise FieldError(key, f"expected an integer, got {v!r}")
-        if isinstance(v, int):
-            return v
-        x: Any = v
-        if isinstance(v, str):
-            s = v.strip()
-            try:
-                return int(s)
-            except ValueError:
-                try:
-                    x = float(s)
-                except ValueError:
-                    raise FieldError(key, f"expected an integer, got {v!r}") from None
-        if isinstance(x, float) and math.isfinite(x) and x.is_integer():
-            return int(x)
-        raise FieldError(key, f"expected an integer, got {v!r}")
-    if tp is float:
-        if isinstance(v, bool):
-            raise FieldError(key, f"expected a number, got {v!r}")
-        x = v
-        if isinstance(v, str):
-            try:
-                x = float(v.strip())
-            except ValueError:
-                raise FieldError(key, f"expected a number, got {v!r}") from None
-        if isinstance(x, (int, float)) and math.isfinite(x):
-            return float(x)
-        raise FieldError(key, f"expected a number, got {v!r}")
-    if tp is str:
-        if isinstance(v, str):
-            return v
-        if isinstance(v, os.PathLike):
-            return os.fspath(v)
-        raise FieldError(key, f"expected a string, got {v!r}")
-    if origin is list:
-        if v is None or (isinstance(v, str) and v.strip().lower() in _NULL):
-            return []
-        if isinstance(v, str):
-            return [x.strip() for x in v.split(",") if x.strip()]
-        if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
-            return [x.strip() for x in v if x.strip()]
-        raise FieldError(key, f"expected {_expected(tp)}, got {v!r}")
-    if origin is dict:
-        if v is None:
-            return {}
-        if isinstance(v, Mapping):
-            return dict(v)
-        raise FieldError(key, f"expected a mapping, got {v!r}")
-    raise TypeError(f"no coercion for {tp}")  # pragma: no cover
 
 
 # ----------------------------------------------------------------------------- the objective
@@ -675,27 +382,10 @@ def _check_loss(spec: str, params: dict[str, Any]) -> dict[str, Any]:
                 msg += f"; '{k}' is not a training option either" + (f" (did you mean {close[0]}?)" if close else "")
                 break
         raise FieldError(unknown[0], msg, named=True)
-    return {k: _coerce_hparam(v, accepted[k]["default"]) for k, v in params.items()}
+    return {k: coerce_hparam(v, accepted[k]["default"]) for k, v in params.items()}
 
 
 def _known_anywhere(name: str) -> bool:
     from ..objectives import available, objective_class
 
     return any(name in objective_class(n).hyperparameters() for n in available())
-
-
-def _coerce_hparam(v: Any, default: Any) -> Any:
-    """A string from YAML or the command line as the type of the hyperparameter's default; anything
-    else is left to the objective's own validation."""
-    if not isinstance(v, str):
-        return v
-    if isinstance(default, bool):
-        b = _as_bool(v)
-        return v if b is None else b
-    if isinstance(default, (int, float)):
-        try:
-            x = float(v.strip())
-        except ValueError:
-            return v
-        return int(x) if isinstance(default, int) and x.is_integer() else x
-    return v
