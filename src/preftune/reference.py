@@ -207,10 +207,11 @@ def precompute(model: Any, items: Sequence[Any], collate: Callable[[Sequence[Any
     table: dict[int, list[float]] = {}
     lengths: dict[int, list[int]] = {}
     it = range(0, len(items), batch_size)
+    device = next(model.parameters()).device
     with eval_mode(model), torch.no_grad():
         for i in tqdm(it, desc="reference log-probs", disable=not progress, leave=False):
             chunk = list(items[i:i + batch_size])
-            batch = collate(chunk)
+            batch = collate(chunk).to(device)  # the model's device (found on a GPU: a CPU batch failed there)
             out = sequence_logps(model, batch, chunk_size=chunk_size)
             sums, lens = batch.by_example(out.sums), batch.by_example(out.lengths)  # [B, k]
             for ex, s, n in zip(chunk, sums.tolist(), lens.tolist()):

@@ -1,5 +1,6 @@
 """``preftune rm``: reward models. ``rm train`` trains a Bradley-Terry reward model with the trainer (every
-``preftune train`` option applies); ``rm score`` scores a JSONL of prompt/response rows."""
+``preftune train`` option applies); ``rm score`` scores a JSONL of prompt/response rows; ``rm eval`` measures pairwise
+accuracy (per subset, RewardBench v1/v2 scoring, length bias) of a reward model or a DPO policy."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ import sys
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from .train import add_train_options
 
-    p = sub.add_parser("rm", help="reward models: train, score",
+    p = sub.add_parser("rm", help="reward models: train, score, eval",
                        description="Train and use reward models (sequence classifiers with one score).")
     rsub = p.add_subparsers(dest="rm_command", metavar="RM_COMMAND")
     rsub.required = True
@@ -35,6 +36,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--batch-size", type=int, default=16, help="rows per forward (default: 16)")
     s.add_argument("--max-length", type=int, default=1024, help="longest prompt+response in tokens (default: 1024)")
     s.set_defaults(func=run_score)
+    e = rsub.add_parser(
+        "eval", help="accuracy of a reward model (or a DPO policy) on preference pairs; RewardBench v1/v2 scoring",
+        description="Pairwise accuracy (chosen scored above rejected; a tie counts 1/2) overall and per subset, "
+                    "RewardBench v1 section scores when the subsets carry its names (ties count 0 there, as in "
+                    "RewardBench), RewardBench 2 best-of-n scoring (--format rewardbench-v2) and length bias. "
+                    "The scorer: a sequence classifier, or a causal LM through DPO's implicit reward "
+                    "beta*(log pi - log pi_ref) with --ref-model, or reference-free with --reference-free; "
+                    "auto-detected from config.json's architectures.",
+        epilog="example: preftune rm eval --model runs/rm/final --data rewardbench.jsonl --output report.json")
+    e.add_argument("--model", required=True, help="a reward model, or a causal LM policy, directory")
+    e.add_argument("--data", required=True, help="preference pairs (any format preftune train reads) or "
+                                                 "RewardBench 2 rows")
+    e.add_argument("--subset-column", default="subset", help="the column naming each row's subset "
+                                                             "(default: subset; absent: one group)")
+    e.add_argument("--format", default="auto", choices=("auto", "pairs", "rewardbench-v2"),
+                   help="pairs, or RewardBench 2 rows (chosen/rejected lists); auto: v2 when `rejected` is a list "
+                        "of strings (default: auto)")
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--ref-model", help="score a causal LM by its implicit reward against this reference model")
+    g.add_argument("--reference-free", choices=("sum", "average"),
+                   help="score a causal LM by its summed or per-token mean response log-prob")
+    e.add_argument("--scorer", default="auto", choices=("auto", "classifier", "implicit", "reference-free"),
+                   help="override the detected kind of scorer (default: auto, from config.json's architectures)")
+    e.add_argument("--beta", type=float, default=1.0,
+                   help="the implicit reward's beta: scales every score, changes no ranking (default: 1)")
+    e.add_argument("--on-bad-row", default="error", choices=("error", "skip"),
+                   help="stop at the first bad row, or skip bad rows (default: error)")
+    e.add_argument("--output", help="also write the report as JSON here")
+    e.add_argument("--batch-size", type=int, default=16, help="responses per forward (default: 16)")
+    e.add_argument("--max-length", type=int, default=1024, help="longest prompt+response in tokens (default: 1024)")
+    e.set_defaults(func=run_eval)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -100,4 +132,22 @@ def run_score(args: argparse.Namespace) -> int:
         print(f"preftune: scored {len(rows)} rows of {name} -> {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..io import write_json
+    from ..reward.evaluate import evaluate_reward, format_report
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    report = evaluate_reward(args.model, args.data, subset_column=args.subset_column or None, format=args.format,
+                             ref_model=args.ref_model, reference_free=args.reference_free, scorer_kind=args.scorer,
+                             beta=args.beta, on_bad_row=args.on_bad_row, max_length=args.max_length,
+                             batch_size=args.batch_size)
+    sys.stdout.write(format_report(report))
+    if args.output:
+        write_json(args.output, report)
+        print(f"preftune: wrote the report to {args.output}", file=sys.stderr)
     return 0

@@ -22,7 +22,7 @@ def train_reward_model(config: TrainConfig, *, model: Any = None, tokenizer: Any
     ``config.loss`` defaults to ``bradley_terry`` (``center_rewards_coefficient`` in ``loss_params``)."""
     from ..objectives import build
     from ..train import train
-    from ..train.setup import load_tokenizer_for, pick_device
+    from ..train.setup import load_tokenizer_for, pick_device, quiet_transformers
     from .model import load_reward_model
 
     cfg = config
@@ -37,7 +37,8 @@ def train_reward_model(config: TrainConfig, *, model: Any = None, tokenizer: Any
     if model is None:
         if not cfg.model:
             raise ConfigError("no model given: set --model")
-        model = load_reward_model(cfg.model, tokenizer=tokenizer, dtype=cfg.dtype,
-                                  trust_remote_code=cfg.trust_remote_code, device=pick_device(cfg.device))
+        with quiet_transformers(not cfg.progress):
+            model = load_reward_model(cfg.model, tokenizer=tokenizer, dtype=cfg.dtype,
+                                      trust_remote_code=cfg.trust_remote_code, device=pick_device(cfg.device))
     return train(cfg, model=model, tokenizer=tokenizer, train_examples=train_examples, eval_examples=eval_examples,
                  callbacks=callbacks, forward=ScoreForward())

@@ -8,7 +8,6 @@ checkpoints, metrics and callbacks hang off the loop at fixed points; nothing el
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -17,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ from .optim import build_optimizer, grad_norm
 from .rundir import (LOCK, append_metrics, check_same_run, clear_run, prepare_run_dir, remove_stale_temps, run_identity,
                      run_lock, run_settings, truncate_metrics, write_config)
 from .setup import (build_reference, check_lengths, load_data, load_policy, load_tokenizer_for, pick_device,
-                    run_callbacks)
+                    quiet_transformers, run_callbacks)
 from .sources import DATA_COLUMNS, BatchSource, OfflineSource
 
 
@@ -129,7 +128,7 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
     cfg = config
     out, created = prepare_run_dir(cfg)
     try:
-        with run_lock(out), _quiet_transformers(not cfg.progress):
+        with run_lock(out), quiet_transformers(not cfg.progress):
             return _train(cfg, out, model=model, tokenizer=tokenizer, train_examples=train_examples,
                           eval_examples=eval_examples, callbacks=callbacks, forward=forward, source=source)
     except BaseException:
@@ -265,23 +264,6 @@ def _saved_log_every(out: Path, default: int) -> int:
         return v if isinstance(v, int) and v > 0 else default
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return default
-
-
-@contextlib.contextmanager
-def _quiet_transformers(quiet: bool) -> Iterator[None]:
-    """With progress off, transformers' own loading bars are off too (restored afterwards)."""
-    if not quiet:
-        yield
-        return
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
 
 
 def _loop(run: Run, out: Path, start_step: int, total: int, callbacks: Sequence[Callback],

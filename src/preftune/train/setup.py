@@ -2,9 +2,10 @@
 callbacks. The loop (:mod:`.loop`) receives them ready."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -228,3 +229,20 @@ def check_reference_compatible(policy: Any, tokenizer: Any, reference: Any, ref_
         tok = diff[0][0] if diff else "?"
         raise ConfigError(f"--ref-model {ref_path} has another tokenizer than the policy (token {tok!r} differs): "
                           "its log-probs would be of other token ids; use a reference with the policy's tokenizer")
+
+
+@contextlib.contextmanager
+def quiet_transformers(quiet: bool) -> Iterator[None]:
+    """With progress off, transformers' own loading bars are off too (restored afterwards)."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
