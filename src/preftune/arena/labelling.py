@@ -9,12 +9,18 @@ rejected swapped; their score columns stay as they were, so a flipped pair looks
 (the annotator was wrong and confident: the higher score goes with the label). Every pair carries ``score_chosen``, ``score_rejected`` and
 ``margin = score_chosen - score_rejected`` in ``extras`` (P19 MADPO and other
 strength-aware objectives read them).
+
+Labelling by a reward model (``ArenaConfig(labeller="reward_model")``): :func:`rescore` replaces every
+sample's score by a learned scorer's (anything with ``score(prompts, responses) -> [N]``: a
+:class:`~preftune.reward.RewardModel` or an ensemble's ``as_reward_model()``), and the same
+:func:`label` makes the pairs; :func:`pair_accuracy` measures a scorer against pairs labelled by the
+true reward.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..data.types import PairExample, RankedExample, UnpairedExample
 
@@ -113,3 +119,28 @@ def label(scored: Sequence[Sequence[tuple[str, str, float]]], *, noise: float = 
     pairs, ties = make_pairs(scored, mode=mode, keep_ties=keep_ties)
     pairs, flipped = flip_labels(pairs, noise, seed)
     return PreferenceData(pairs, make_ranked(scored), flipped, 0 if keep_ties else ties)
+
+
+def rescore(scored: Sequence[Sequence[tuple[str, str, Any]]], scorer: Any) -> list[list[tuple[str, str, float]]]:
+    """The same samples (``scored[i]``: a prompt's ``(prompt, response, score)``) with the score replaced by
+    ``scorer.score(prompts, responses)`` -- one batched call for all of them."""
+    flat = [(p, r) for group in scored for p, r, _ in group]
+    if not flat:
+        return [[] for _ in scored]
+    values = [float(v) for v in scorer.score([p for p, _ in flat], [r for _, r in flat])]
+    out, i = [], 0
+    for group in scored:
+        out.append([(p, r, values[i + j]) for j, (p, r, _) in enumerate(group)])
+        i += len(group)
+    return out
+
+
+def pair_accuracy(scorer: Any, pairs: Sequence[PairExample]) -> float:
+    """Share of ``pairs`` whose chosen response ``scorer`` scores strictly above the rejected one (a tie counts
+    as wrong, as TRL's reward accuracy does); NaN without pairs."""
+    if not pairs:
+        return float("nan")
+    prompts = [p.prompt for p in pairs]
+    c = scorer.score(prompts, [p.chosen for p in pairs])
+    r = scorer.score(prompts, [p.rejected for p in pairs])
+    return sum(float(a) > float(b) for a, b in zip(c, r)) / len(pairs)

@@ -8,6 +8,15 @@ model is the frozen reference) and evaluate it on held-out prompts (:mod:`.evalu
 task has no prompt outside the training prompts, on fresh samples of training prompts, which
 ``results.json`` (``evaluation_note``, ``data[*].eval_prompt_source``) and the reports say in a note.
 All policies are sampled with the same seed, so differences between them are not sampling luck.
+
+``labeller="reward_model"``: per seed, a separate set of prompts is sampled and labelled by the task's
+annotator (``preference_score``; ``noise`` flips these labels), a reward model (the SFT model with a new score
+head, or an ensemble of ``rm_members`` of them) trains on those pairs with
+:func:`preftune.reward.train_reward_model`, and its scores -- not the true reward -- label the pairs the policies
+train on. Its pairwise accuracy against the true reward on held-out sampled pairs, its agreement with the true
+reward on the policies' pairs and every policy's mean reward-model score (``rm_reward``, the proxy the policies
+optimise) are in ``results.json`` (``labeller``) and the reports, so reward-model error and over-optimisation
+show up next to the true reward.
 """
 from __future__ import annotations
 
@@ -23,7 +32,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, PreftuneError
 from .evaluate import evaluate_policy, pair_logps
-from .labelling import label, make_pairs
+from .labelling import label, make_pairs, pair_accuracy, rescore
 from .models import SFTConfig, load_sft, sample, sft_model_dir
 from .tasks import Task, get_task
 
@@ -31,6 +40,7 @@ from .tasks import Task, get_task
 DEFAULT_OBJECTIVES = ("dpo", "ipo", "rpo", "simpo", "ln_dpo", "rdpo", "dpo+sft:0.2", "sft")
 DPO_FAMILY_BETA = 0.1
 METRICS = ("true_reward", "win_rate_vs_sft", "kl", "length", "ranking_accuracy", "reward_accuracy")
+LABELLERS = ("true_reward", "reward_model")
 
 
 @dataclass
@@ -49,6 +59,15 @@ class ArenaConfig:
     pairs: str = "best_worst"
     keep_ties: bool = False
     noise: float = 0.0
+    # who labels the pairs the policies train on: the task's annotator (true_reward) or a reward model trained on
+    # rm_train_prompts x samples_per_prompt answers labelled by the annotator (reward_model)
+    labeller: str = "true_reward"
+    rm_train_prompts: int = 1024
+    rm_steps: int = 100
+    rm_batch_size: int = 32
+    rm_lr: float = 1e-3
+    rm_members: int = 1          # > 1: an ensemble (seeds seed, seed+1, ...) labels by mean - rm_k * std
+    rm_k: float = 1.0
     # preference training (the same for every objective)
     steps: int = 200
     batch_size: int = 32
@@ -78,6 +97,11 @@ class ArenaConfig:
         for name in ("steps", "batch_size", "train_prompts", "eval_prompts", "eval_samples"):
             need(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.labeller in LABELLERS, f"labeller='{self.labeller}'; use {' or '.join(LABELLERS)}")
+        for name in ("rm_train_prompts", "rm_steps", "rm_batch_size", "rm_members"):
+            need(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        need(self.rm_lr > 0, f"rm_lr must be > 0, got {self.rm_lr}")
+        need(self.rm_k >= 0, f"rm_k must be >= 0, got {self.rm_k}")
         need(bool(self.seeds), "at least one seed is needed")
         need(len(set(self.seeds)) == len(self.seeds), f"seeds must be distinct, got {self.seeds}")
 
@@ -202,7 +226,9 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
                           f"{', '.join(f.name for f in dataclasses.fields(ArenaConfig))}")
     cfg = dataclasses.replace(base, task=task_obj.name, seeds=seed_list, objectives=obj_list,
                               output=str(out_dir) if out_dir is not None else base.output, **overrides)
-    entries = resolve_objectives(cfg.objectives, cfg.params, cfg.sweep, cfg.noise, cfg.beta)
+    # rDPO/cDPO are told the flip rate of the pairs they train on: none were flipped under a reward-model labeller
+    entries = resolve_objectives(cfg.objectives, cfg.params, cfg.sweep,
+                                 0.0 if cfg.labeller == "reward_model" else cfg.noise, cfg.beta)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -211,7 +237,8 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
 
     from tqdm.auto import tqdm
 
-    units = len(seed_list) * (3 + len(entries))
+    use_rm = cfg.labeller == "reward_model"
+    units = len(seed_list) * (3 + use_rm + len(entries))
     bar = tqdm(total=units, desc=f"arena {task_obj.name}", disable=not cfg.progress, dynamic_ncols=True,
                unit="stage")
 
@@ -226,6 +253,7 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
     examples: dict[str, list[tuple[str, str, float]]] = {}
     data_stats: list[dict[str, Any]] = []
     sft_cached: list[bool] = []
+    rm_stats: list[dict[str, Any]] = []
     for seed in seed_list:
         # 1. SFT model ------------------------------------------------------------------
         t0 = time.perf_counter()
@@ -245,10 +273,33 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
                      max_new_tokens=task_obj.max_new_tokens, temperature=cfg.temperature)
         scored = [[(s.prompt, s.response, task_obj.preference_score(s.prompt, s.response)) for s in row]
                   for row in gen]
-        data = label(scored, noise=cfg.noise, seed=seed, mode=cfg.pairs, keep_ties=cfg.keep_ties)
-        _write_jsonl(out / "data" / f"seed{seed}" / "pairs.jsonl",
-                     [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, **p.extras,
-                       "flipped": i in set(data.flipped)} for i, p in enumerate(data.pairs)])
+        rm = None
+        if use_rm:   # 2b. a reward model labels the policies' pairs instead of the annotator
+            timings["sampling"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            stage(f"seed {seed}: training the reward model")
+            rm, info = train_labeller(task_obj, sft_model, tok, path, seed, cfg, out, eval_prompts)
+            scored = rescore(scored, rm)
+            data = label(scored, noise=0.0, seed=seed, mode=cfg.pairs, keep_ties=cfg.keep_ties)
+            true_c = [task_obj.reward(p.prompt, p.chosen) for p in data.pairs]
+            true_r = [task_obj.reward(p.prompt, p.rejected) for p in data.pairs]
+            untied = [(a, b) for a, b in zip(true_c, true_r) if a != b]
+            info["policy_pairs"] = len(data.pairs)
+            info["label_agreement"] = _mean([float(a > b) for a, b in untied])
+            info["label_true_ties"] = _mean([float(a == b) for a, b in zip(true_c, true_r)])
+            info["seconds"] = time.perf_counter() - t0
+            timings["reward_model"] = timings.get("reward_model", 0.0) + info["seconds"]
+            rm_stats.append(info)
+            bar.update(1)
+            t0 = time.perf_counter()
+            rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, **p.extras,
+                     "true_reward_chosen": a, "true_reward_rejected": b, "flipped": False}
+                    for p, a, b in zip(data.pairs, true_c, true_r)]
+        else:
+            data = label(scored, noise=cfg.noise, seed=seed, mode=cfg.pairs, keep_ties=cfg.keep_ties)
+            rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, **p.extras,
+                     "flipped": i in set(data.flipped)} for i, p in enumerate(data.pairs)]
+        _write_jsonl(out / "data" / f"seed{seed}" / "pairs.jsonl", rows)
         ch_len = [len(p.chosen) for p in data.pairs]
         rj_len = [len(p.rejected) for p in data.pairs]
         data_stats.append({"seed": seed, "eval_prompts": len(eval_prompts), "eval_prompt_source": eval_source,
@@ -278,7 +329,11 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
             if seed == seed_list[0]:
                 examples[lbl] = [(s.prompt, s.response, task_obj.reward(s.prompt, s.response))
                                  for row in smp[:6] for s in row[:1]]
-            return evaluate_policy(task_obj, policy, sft_model, tok, smp, sft_rewards, heldout, ref_pair_lp)
+            m = evaluate_policy(task_obj, policy, sft_model, tok, smp, sft_rewards, heldout, ref_pair_lp)
+            if rm is not None:   # the proxy the policies optimise, beside the true reward
+                m["rm_reward"] = _mean([float(v) for v in rm.score([s.prompt for row in smp for s in row],
+                                                                  [s.response for row in smp for s in row])])
+            return m
 
         sft_label = "sft (reference)"
         base_metrics = eval_policy(sft_model, sft_label)
@@ -329,14 +384,187 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
                                               "config": task_obj.config()},
             "objectives": {e.label: {"spec": e.spec, "params": e.params, "kind": e.kind} for e in entries},
             "skipped": skipped, "timings": timings, "data": data_stats, "sft_cached": sft_cached,
-            "command": command or reproduce_command(cfg), "examples": examples}
+            "command": command or reproduce_command(cfg), "examples": examples,
+            "labeller": labeller_summary(cfg, rm_stats)}
     note = evaluation_note(data_stats)
     if note:
         meta["evaluation_note"] = note
     write_report(out, results, meta)
     if note:
         _add_note_to_reports(out, note)
+    if use_rm:
+        _add_labeller_to_reports(out, meta["labeller"], results)
     return results
+
+
+# ----------------------------------------------------------------------------- the reward-model labeller
+
+
+def train_labeller(task: Task, sft_model: Any, tok: Any, sft_path: Path, seed: int, cfg: ArenaConfig, out: Path,
+                   eval_prompts: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+    """Train the reward model that labels the policies' pairs; return ``(scorer, info)``.
+
+    Its data: ``rm_train_prompts`` fresh prompts, ``samples_per_prompt`` SFT answers each, labelled by the task's
+    annotator (``preference_score``) into pairs as the policies' data is (``pairs``, ties dropped; ``noise``
+    flips ``round(noise * pairs)`` of them). The model: the SFT model with a new score head (seeded by ``seed``),
+    trained with :func:`preftune.reward.train_reward_model` into ``<output>/reward_model/seedN`` (``member-i``
+    per member). With ``rm_members > 1`` the scorer is the ensemble's ``mean - rm_k * std``. ``info`` holds the
+    scorer's pairwise accuracy against the true reward on held-out pairs (every two SFT answers with different
+    true rewards, ``samples_per_prompt`` answers to each evaluation prompt) and on its own training pairs."""
+    from ..reward.ensemble import train_reward_ensemble
+    from ..train import TrainConfig
+
+    rm_prompts = task.sample_prompts(cfg.rm_train_prompts, random.Random(f"rm-prompts-{seed}"))
+    gen = sample(sft_model, tok, rm_prompts, cfg.samples_per_prompt, seed=30_000 + seed,
+                 max_new_tokens=task.max_new_tokens, temperature=cfg.temperature)
+    rm_data = label([[(s.prompt, s.response, task.preference_score(s.prompt, s.response)) for s in row]
+                     for row in gen], noise=cfg.noise, seed=seed, mode=cfg.pairs, keep_ties=False)
+    if not rm_data.pairs:
+        raise PreftuneError(f"task '{task.name}': every pair sampled for the reward model tied; no data to train it "
+                            "(raise --rm-train-prompts, --samples-per-prompt or --temperature)")
+    rdir = out / "reward_model" / f"seed{seed}"
+    _write_jsonl(rdir / "pairs.jsonl", [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, **p.extras,
+                                         "flipped": i in set(rm_data.flipped)} for i, p in enumerate(rm_data.pairs)])
+    rcfg = TrainConfig(model=str(sft_path), data="", output=str(rdir), loss="bradley_terry", max_steps=cfg.rm_steps,
+                       batch_size=cfg.rm_batch_size, lr=cfg.rm_lr, warmup_ratio=cfg.warmup_ratio, seed=seed,
+                       progress=False, max_length=64, max_prompt_length=32, device="cpu", overwrite=True,
+                       save_final=cfg.save_models, group_by_length=False)
+    ens = train_reward_ensemble(rcfg, cfg.rm_members, tokenizer=tok, train_examples=rm_data.pairs, k=cfg.rm_k,
+                                batch_size=512)
+    scorer = ens.as_reward_model("conservative" if cfg.rm_members > 1 else "mean")
+    held = task_pairs(task, sample(sft_model, tok, list(eval_prompts), cfg.samples_per_prompt, seed=40_000 + seed,
+                                   max_new_tokens=task.max_new_tokens, temperature=cfg.temperature))
+    true_train = task_pairs(task, gen)
+    info: dict[str, Any] = {
+        "seed": seed, "train_pairs": len(rm_data.pairs), "flipped": len(rm_data.flipped),
+        "ties_dropped": rm_data.ties_dropped, "heldout_pairs": len(held),
+        "accuracy": pair_accuracy(scorer, held), "train_accuracy": pair_accuracy(scorer, true_train),
+        "final_loss": _mean([r.history[-1]["loss"] for r in ens.results if r.history]),
+        "output": str(rdir)}
+    if cfg.rm_members > 1:
+        info["member_accuracy"] = [pair_accuracy(m, held) for m in ens.models]
+    return scorer, info
+
+
+def task_pairs(task: Task, samples: Sequence[Sequence[Any]]) -> list:
+    """Every two answers to a prompt with different *true* rewards, the better one chosen."""
+    pairs, _ = make_pairs([[(s.prompt, s.response, task.reward(s.prompt, s.response)) for s in row]
+                           for row in samples], mode="all")
+    return pairs
+
+
+def labeller_summary(cfg: ArenaConfig, rm_stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``results.json``'s ``labeller``: the kind, and for a reward model its settings, per-seed numbers and their
+    mean and std over seeds."""
+    from .report import _mean_std
+
+    if cfg.labeller != "reward_model":
+        return {"kind": "true_reward", "annotator": "task.preference_score"}
+    out: dict[str, Any] = {"kind": "reward_model", "annotator": "task.preference_score",
+                           "settings": {k: getattr(cfg, k) for k in ("rm_train_prompts", "rm_steps", "rm_batch_size",
+                                                                     "rm_lr", "rm_members", "rm_k")},
+                           "score": "mean - rm_k * std over members" if cfg.rm_members > 1 else "the model's score",
+                           "per_seed": list(rm_stats)}
+    for k in ("accuracy", "train_accuracy", "label_agreement"):
+        out[k], out[f"{k}_std"] = _mean_std([s[k] for s in rm_stats])
+    return out
+
+
+def labeller_lines(info: dict[str, Any], results: dict[str, dict]) -> tuple[str, list[str]]:
+    """The reports' one-line note and their labeller section (markdown)."""
+    def pm(k: str) -> str:
+        m, sd = info.get(k, math.nan), info.get(f"{k}_std", math.nan)
+        if m is None or math.isnan(m):
+            return "-"
+        return f"{m:.3f}" if len(info["per_seed"]) < 2 else f"{m:.3f} ± {sd:.3f}"
+
+    st = info["settings"]
+    what = (f"an ensemble of {st['rm_members']} reward models (mean - {st['rm_k']:g} x std)" if st["rm_members"] > 1
+            else "a reward model")
+    note = (f"Labeller: {what}, not the true reward. The policies' pairs were labelled by {what} trained on pairs "
+            f"labelled by the task's annotator; its pairwise accuracy against the true reward on held-out pairs "
+            f"is {pm('accuracy')}.")
+    lines = ["## Labeller: reward model", "",
+             f"The pairs the policies trained on were labelled by {what}: the SFT model with a new score head, "
+             f"trained with `bradley_terry` for {st['rm_steps']} steps (batch {st['rm_batch_size']}, lr "
+             f"{st['rm_lr']}) on pairs from {st['rm_train_prompts']} other prompts labelled by the task's annotator "
+             "(label noise, if any, flips these). Accuracy: share of pairs whose better answer by the true reward "
+             "the reward model scores higher; held-out pairs are every two SFT answers to an evaluation prompt "
+             "with different true rewards. Agreement: share of the policies' pairs (ties by true reward left out) "
+             "whose chosen answer has the higher true reward. `rm_reward`: the policy's mean reward-model score "
+             "on its held-out answers (the proxy it optimised).", "",
+             f"Accuracy vs the true reward: held-out **{pm('accuracy')}**, on its training answers "
+             f"{pm('train_accuracy')}; "
+             f"agreement on the policies' pairs {pm('label_agreement')}. Time for the reward model (sampling its "
+             f"data, training, scoring): {sum(s.get('seconds', 0.0) for s in info['per_seed']):.0f} s.", "",
+             "| seed | RM train pairs | flipped | held-out pairs | held-out accuracy | train accuracy | policy pairs "
+             "| agreement | true-reward ties | final loss |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in info["per_seed"]:
+        lines.append(f"| {s['seed']} | {s['train_pairs']} | {s['flipped']} | {s['heldout_pairs']} | "
+                     f"{s['accuracy']:.3f} | {s['train_accuracy']:.3f} | {s['policy_pairs']} | "
+                     f"{s['label_agreement']:.3f} | {s['label_true_ties']:.3f} | {s['final_loss']:.4f} |")
+    base = results.get("sft (reference)")
+    if base is not None and "rm_reward" in base:
+        def fell(r: dict) -> bool:   # beyond the spread over seeds, as the report's other findings
+            spread = max(r.get("true_reward_std", 0.0) or 0.0, base.get("true_reward_std", 0.0) or 0.0)
+            return base["true_reward"] - r["true_reward"] > spread
+
+        hacked = [lbl for lbl, r in results.items() if lbl != "sft (reference)" and "rm_reward" in r
+                  and r["rm_reward"] > base["rm_reward"] and fell(r)]
+        lines.append("")
+        for lbl in hacked:
+            r = results[lbl]
+            lines.append(f"- **{lbl}**: the reward model's score rose "
+                         f"({base['rm_reward']:.3f} -> {r['rm_reward']:.3f}) "
+                         f"while the true reward fell ({base['true_reward']:.3f} -> {r['true_reward']:.3f}): "
+                         "over-optimisation of the learned reward.")
+        if not hacked:
+            lines.append("No policy raised the reward model's score while lowering the true reward beyond the "
+                         "spread.")
+    return note, lines
+
+
+def _add_labeller_to_reports(out: Path, info: dict[str, Any], results: dict[str, dict]) -> None:
+    """The labeller's note at the top of leaderboard.md and report.html, and its section before the preference
+    data."""
+    import html as _html
+    import re
+
+    from ..io import write_text
+
+    note, lines = labeller_lines(info, results)
+    _add_note_to_reports(out, note)
+    md_path, html_path = out / "leaderboard.md", out / "report.html"
+    if md_path.exists():
+        md = md_path.read_text()
+        block = "\n".join(lines) + "\n\n"
+        i = md.find("## Preference data")
+        md = md[:i] + block + md[i:] if i >= 0 else md + "\n" + block
+        write_text(md_path, md)
+    if html_path.exists():
+        h = html_path.read_text()
+
+        def inline(s: str) -> str:
+            s = _html.escape(s)
+            s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+            return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+        body = ["<h2>Labeller: reward model</h2>"]
+        table = [ln for ln in lines if ln.startswith("|")]
+        for ln in lines[1:]:
+            if ln and not ln.startswith("|") and not ln.startswith("- "):
+                body.append(f"<p>{inline(ln)}</p>")
+        cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in table if not ln.startswith("|---")]
+        body.append("<table>" + "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{_html.escape(c)}"
+                                                          f"</{'th' if i == 0 else 'td'}>" for c in row) + "</tr>"
+                                        for i, row in enumerate(cells)) + "</table>")
+        bullets = [ln[2:] for ln in lines if ln.startswith("- ")]
+        if bullets:
+            body.append("<ul>" + "".join(f"<li>{inline(b)}</li>" for b in bullets) + "</ul>")
+        i = h.find("<h2>Preference data</h2>")
+        h = h[:i] + "".join(body) + h[i:] if i >= 0 else h.replace("</body>", "".join(body) + "</body>", 1)
+        write_text(html_path, h)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -403,7 +631,8 @@ def reproduce_command(cfg: ArenaConfig) -> str:
     elif len(cfg.seeds) != 1:
         parts += ["--seeds", str(len(cfg.seeds))]
     parts += ["--output", cfg.output]
-    for f in ("cache_dir", "train_prompts", "samples_per_prompt", "temperature", "pairs", "noise", "steps",
+    for f in ("cache_dir", "train_prompts", "samples_per_prompt", "temperature", "pairs", "noise", "labeller",
+              "rm_train_prompts", "rm_steps", "rm_batch_size", "rm_lr", "rm_members", "rm_k", "steps",
               "batch_size", "lr", "warmup_ratio", "beta", "eval_prompts", "eval_samples", "threads"):
         v = getattr(cfg, f)
         if v != getattr(d, f):

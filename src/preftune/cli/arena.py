@@ -35,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "arena", help="compare objectives on a task whose true reward is known (CPU, minutes)",
         description="Build (or load from the cache) a tiny SFT model for a task, sample answers, label preference "
-                    "pairs by the task's true reward, train every chosen objective from the SFT model, evaluate on "
-                    "held-out prompts, and write leaderboard.md and report.html. See docs/arena.md.",
+                    "pairs by the task's true reward (or, with --labeller reward_model, by a reward model trained on "
+                    "such pairs), train every chosen objective from the SFT model, evaluate on held-out prompts, "
+                    "and write leaderboard.md and report.html. See docs/arena.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("what to run")
     g.add_argument("--task", default=d.task, choices=sorted(TASKS),
@@ -62,6 +63,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--keep-ties", action="store_true", help="keep pairs whose scores tie (margin 0)")
     g.add_argument("--noise", type=float, default=d.noise,
                    help="label-flip rate: exactly round(noise * pairs) pairs get chosen and rejected swapped")
+    g = p.add_argument_group("labeller (who labels the pairs the policies train on)")
+    g.add_argument("--labeller", default=d.labeller, choices=("true_reward", "reward_model"),
+                   help="true_reward: the task's annotator; reward_model: a reward model (the SFT model with a new "
+                        "score head) trained on other prompts' pairs labelled by the annotator, so reward-model error "
+                        "and over-optimisation show up (the report gives its accuracy against the true reward)")
+    g.add_argument("--rm-train-prompts", type=int, default=d.rm_train_prompts,
+                   help="prompts whose sampled answers, labelled by the annotator, train the reward model")
+    g.add_argument("--rm-steps", type=int, default=d.rm_steps, help="reward-model optimizer steps")
+    g.add_argument("--rm-batch-size", type=int, default=d.rm_batch_size, help="reward-model pairs per step")
+    g.add_argument("--rm-lr", type=float, default=d.rm_lr, help="reward-model learning rate")
+    g.add_argument("--rm-members", type=int, default=d.rm_members,
+                   help="reward models in an ensemble (seeds seed, seed+1, ...); > 1 labels by mean - k * std")
+    g.add_argument("--rm-k", type=float, default=d.rm_k, help="k of the ensemble's conservative score mean - k * std")
     g = p.add_argument_group("training (the same for every objective)")
     g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per objective")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per step")
@@ -109,7 +123,9 @@ def config_from_args(args: argparse.Namespace):
         task=args.task, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()], seeds=seeds,
         output=args.output, cache_dir=args.cache_dir, train_prompts=args.train_prompts,
         samples_per_prompt=args.samples_per_prompt, temperature=args.temperature, pairs=args.pairs,
-        keep_ties=args.keep_ties, noise=args.noise, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        keep_ties=args.keep_ties, noise=args.noise, labeller=args.labeller, rm_train_prompts=args.rm_train_prompts,
+        rm_steps=args.rm_steps, rm_batch_size=args.rm_batch_size, rm_lr=args.rm_lr, rm_members=args.rm_members,
+        rm_k=args.rm_k, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_ratio=args.warmup_ratio, beta=args.beta, params=_assignments(args.param, "--param"),
         sweep=_assignments(args.sweep, "--sweep", many=True), save_models=args.save_models,
         eval_prompts=args.eval_prompts, eval_samples=args.eval_samples, sft=sft, threads=args.threads,
