@@ -71,20 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..reward import train_reward_model
-    from .train import config_from_args
+    from .train import config_from_args, report_run
 
     values = {k: v for k, v in vars(args).items() if k != "rm_command"}
     if "loss" not in values and "loss" not in _recipe_keys(args.config):
         values["loss"] = "bradley_terry"  # before the config checks its hyperparameters against the loss
     result = train_reward_model(config_from_args(argparse.Namespace(**values)))
-    if result.interrupted:
-        return 130
-    last = result.history[-1] if result.history else {}
-    summary = ", ".join(f"{k}={last[k]:.4f}" for k in ("loss", "accuracy", "margin") if k in last)
-    print(f"preftune: trained a reward model for {result.steps} steps; {summary}", file=sys.stderr)
-    if result.final_dir:
-        print(f"preftune: reward model saved to {result.final_dir}", file=sys.stderr)
-    return 0
+    return report_run(result, ("loss", "accuracy", "margin"), "reward model")
 
 
 def _recipe_keys(path: str | None) -> set[str]:

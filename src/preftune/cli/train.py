@@ -190,13 +190,16 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..train import train
 
-    cfg = config_from_args(args)
-    result = train(cfg)
+    return report_run(train(config_from_args(args)), ("loss", "rewards/accuracies", "rewards/margins"), "model")
+
+
+def report_run(result: Any, keys: tuple[str, ...], what: str) -> int:
+    """The end of a training command: its last metrics and where the model is, on stderr; the exit code."""
     if result.interrupted:
         return 130
     last = result.history[-1] if result.history else {}
-    summary = ", ".join(f"{k}={last[k]:.4f}" for k in ("loss", "rewards/accuracies", "rewards/margins") if k in last)
+    summary = ", ".join(f"{k}={last[k]:.4f}" for k in keys if k in last)
     print(f"preftune: trained {result.steps} steps; {summary}", file=sys.stderr)
     if result.final_dir:
-        print(f"preftune: model saved to {result.final_dir}", file=sys.stderr)
+        print(f"preftune: {what} saved to {result.final_dir}", file=sys.stderr)
     return 0
