@@ -240,7 +240,11 @@ def _smooth(vals: list[float], k: int = 10) -> list[float]:
 # ----------------------------------------------------------------------------- writers
 
 
-def write_report(out: Path, results: dict[str, dict], meta: dict[str, Any]) -> None:
+def write_report(out: Path, results: dict[str, dict], meta: dict[str, Any], *, notes_top: Sequence[str] = (),
+                 sections: Sequence[Sequence[str]] = ()) -> None:
+    """``results.json``, ``leaderboard.md`` and ``report.html``. ``notes_top``: notes shown under the title
+    (e.g. "evaluated on training prompts"); ``sections``: extra markdown sections (first line a ``## `` heading;
+    paragraphs, ``|`` tables and ``- `` bullets) placed before the preference data."""
     out = Path(out)
     write_json(out / "results.json", {"results": results, **meta})
     table = leaderboard_table(results)
@@ -257,8 +261,11 @@ def write_report(out: Path, results: dict[str, dict], meta: dict[str, Any]) -> N
           "Numbers: mean ± std over seeds. Win rate: the policy's answer against the SFT model's on the same "
           "held-out prompt, by true reward, ties 1/2 (spread: std over seeds, or the standard error over prompts "
           "with one seed). `beats SFT` only when the win rate minus its spread is above 0.5.", ""]
+    md[1:1] = [x for n in notes_top for x in ("", f"> **Note.** {n}")]
     if notes:
         md += ["## What the papers predict, seen here", ""] + [f"- {n}" for n in notes] + [""]
+    for sec in sections:
+        md += list(sec) + [""]
     md += ["## Preference data", "", _md_table(
         [["seed", "pairs", "flipped", "ties dropped", "chosen length", "rejected length", "chosen longer"]]
         + [[str(d["seed"]), str(d["pairs"]), str(d["flipped"]), str(d["ties_dropped"]), f"{d['chosen_length']:.2f}",
@@ -270,10 +277,11 @@ def write_report(out: Path, results: dict[str, dict], meta: dict[str, Any]) -> N
            f"{', cached' if all(meta.get('sft_cached', [])) else ''}, sampling {t['sampling']:.0f} s, "
            f"training {t['training']:.0f} s, evaluation {t['evaluation']:.0f} s)."]
     write_text(out / "leaderboard.md", "\n".join(md) + "\n")
-    write_text(out / "report.html", _html(out, results, meta, table, notes))
+    write_text(out / "report.html", _html(out, results, meta, table, notes, notes_top, sections))
 
 
-def _html(out: Path, results: dict[str, dict], meta: dict[str, Any], table: list[list[str]], notes: list[str]) -> str:
+def _html(out: Path, results: dict[str, dict], meta: dict[str, Any], table: list[list[str]], notes: list[str],
+          notes_top: Sequence[str] = (), sections: Sequence[Sequence[str]] = ()) -> str:
     import re
 
     plots = _plots(out, results)
@@ -295,6 +303,7 @@ def _html(out: Path, results: dict[str, dict], meta: dict[str, Any], table: list
         "td:nth-child(2){text-align:left}pre{background:#f4f4f4;padding:.7em;overflow-x:auto}"
         "img{max-width:100%;border:1px solid #eee;margin:.5em 0}</style></head><body>",
         f"<h1>preftune arena — task <code>{e(cfg['task'])}</code></h1>",
+        *(f'<p class="note"><strong>Note.</strong> {md_inline(n)}</p>' for n in notes_top),
         f"<p>{e(meta['task']['description'])}.</p>",
         f"<details><summary>Task definition</summary><pre>{e(meta['task']['doc'])}</pre></details>",
         f"<h2>Leaderboard</h2><table>{rows}</table><p>{md_inline(winner_line(results))}</p>",
@@ -305,6 +314,8 @@ def _html(out: Path, results: dict[str, dict], meta: dict[str, Any], table: list
     if notes:
         parts.append("<h2>What the papers predict, seen here</h2><ul>"
                      + "".join(f"<li>{md_inline(n)}</li>" for n in notes) + "</ul>")
+    for sec in sections:
+        parts.append(_section_html(sec, md_inline))
     parts.append("<h2>Plots</h2>")
     for fname, title in plots:
         parts.append(f"<figure><img src='{e(fname)}' alt='{e(title)}'><figcaption>{e(title)}</figcaption></figure>")
@@ -334,3 +345,20 @@ def _html(out: Path, results: dict[str, dict], meta: dict[str, Any], table: list
                  f"<details><summary>Full configuration</summary><pre>{e(json.dumps(cfg, indent=2, default=str))}"
                  "</pre></details></body></html>")
     return "\n".join(parts)
+
+
+def _section_html(lines: Sequence[str], inline: Any) -> str:
+    """A markdown section (``## `` heading, paragraphs, one ``|`` table, ``- `` bullets) as HTML."""
+    e = html.escape
+    body = [f"<h2>{inline(lines[0].lstrip('#').strip())}</h2>"]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[1:]
+            if ln.startswith("|") and not ln.startswith("|---")]
+    body += [f"<p>{inline(ln)}</p>" for ln in lines[1:] if ln and not ln.startswith(("|", "- "))]
+    if rows:
+        body.append("<table>" + "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{e(c)}</{'th' if i == 0 else 'td'}>"
+                                                         for c in row) + "</tr>" for i, row in enumerate(rows))
+                    + "</table>")
+    bullets = [ln[2:] for ln in lines[1:] if ln.startswith("- ")]
+    if bullets:
+        body.append("<ul>" + "".join(f"<li>{inline(b)}</li>" for b in bullets) + "</ul>")
+    return "".join(body)

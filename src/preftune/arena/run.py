@@ -387,13 +387,14 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
             "command": command or reproduce_command(cfg), "examples": examples,
             "labeller": labeller_summary(cfg, rm_stats)}
     note = evaluation_note(data_stats)
+    notes_top, sections = [note] if note else [], []
     if note:
         meta["evaluation_note"] = note
-    write_report(out, results, meta)
-    if note:
-        _add_note_to_reports(out, note)
     if use_rm:
-        _add_labeller_to_reports(out, meta["labeller"], results)
+        rm_note, rm_lines = labeller_lines(meta["labeller"], results)
+        notes_top.append(rm_note)
+        sections.append(rm_lines)
+    write_report(out, results, meta, notes_top=notes_top, sections=sections)
     return results
 
 
@@ -525,48 +526,6 @@ def labeller_lines(info: dict[str, Any], results: dict[str, dict]) -> tuple[str,
     return note, lines
 
 
-def _add_labeller_to_reports(out: Path, info: dict[str, Any], results: dict[str, dict]) -> None:
-    """The labeller's note at the top of leaderboard.md and report.html, and its section before the preference
-    data."""
-    import html as _html
-    import re
-
-    from ..io import write_text
-
-    note, lines = labeller_lines(info, results)
-    _add_note_to_reports(out, note)
-    md_path, html_path = out / "leaderboard.md", out / "report.html"
-    if md_path.exists():
-        md = md_path.read_text()
-        block = "\n".join(lines) + "\n\n"
-        i = md.find("## Preference data")
-        md = md[:i] + block + md[i:] if i >= 0 else md + "\n" + block
-        write_text(md_path, md)
-    if html_path.exists():
-        h = html_path.read_text()
-
-        def inline(s: str) -> str:
-            s = _html.escape(s)
-            s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
-            return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
-
-        body = ["<h2>Labeller: reward model</h2>"]
-        table = [ln for ln in lines if ln.startswith("|")]
-        for ln in lines[1:]:
-            if ln and not ln.startswith("|") and not ln.startswith("- "):
-                body.append(f"<p>{inline(ln)}</p>")
-        cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in table if not ln.startswith("|---")]
-        body.append("<table>" + "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{_html.escape(c)}"
-                                                          f"</{'th' if i == 0 else 'td'}>" for c in row) + "</tr>"
-                                        for i, row in enumerate(cells)) + "</table>")
-        bullets = [ln[2:] for ln in lines if ln.startswith("- ")]
-        if bullets:
-            body.append("<ul>" + "".join(f"<li>{inline(b)}</li>" for b in bullets) + "</ul>")
-        i = h.find("<h2>Preference data</h2>")
-        h = h[:i] + "".join(body) + h[i:] if i >= 0 else h.replace("</body>", "".join(body) + "</body>", 1)
-        write_text(html_path, h)
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -599,25 +558,6 @@ def evaluation_note(data_stats: Sequence[dict[str, Any]]) -> str:
             f"{', '.join(map(str, on_train))}): the task has no prompt outside the training prompts, so the "
             "held-out metrics were measured on fresh samples for training prompts, not on unseen prompts; "
             "they show fit to the training prompts, not generalisation.")
-
-
-def _add_note_to_reports(out: Path, note: str) -> None:
-    """Put the evaluation note at the top of leaderboard.md and report.html (after the title)."""
-    import html as _html
-
-    from ..io import write_text
-
-    md_path, html_path = out / "leaderboard.md", out / "report.html"
-    if md_path.exists():
-        lines = md_path.read_text().split("\n")
-        lines[1:1] = ["", f"> **Note.** {note}"]
-        write_text(md_path, "\n".join(lines))
-    if html_path.exists():
-        h = html_path.read_text()
-        i = h.find("</h1>")
-        tag = f'<p class="note"><strong>Note.</strong> {_html.escape(note)}</p>'
-        h = h[:i + 5] + tag + h[i + 5:] if i >= 0 else h.replace("<body>", "<body>" + tag, 1)
-        write_text(html_path, h)
 
 
 def reproduce_command(cfg: ArenaConfig) -> str:
