@@ -205,3 +205,12 @@ def test_tiny_end_to_end_run_writes_report(tmp_path):
     run_arena(EvenTask(), objectives=["dpo"], seeds=[0], out_dir=tmp_path / "b", cache_dir=str(tmp_path / "cache"),
               sft=sft, train_prompts=48, steps=2, batch_size=8, eval_prompts=8, eval_samples=1, progress=False)
     assert json.loads((tmp_path / "b" / "results.json").read_text())["sft_cached"] == [True]
+
+
+def test_wrappers_get_the_dpo_family_beta_through_their_base():
+    """madpo/lcpo/wpo pass beta to their DPO base: compared with dpo, they must train at the same beta (they did
+    not, and MADPO's arena comparison was confounded by beta 0.1 against 0.5)."""
+    entries = {e.label: e.params for e in resolve_objectives(["dpo", "madpo", "lcpo", "wpo"], {}, {}, 0.0, 0.5)}
+    assert all(p.get("beta") == 0.5 for p in entries.values()), entries
+    own = resolve_objectives(["madpo"], {"beta": 0.3, "tau": 6.9}, {}, 0.0, 0.5)[0].params
+    assert own == {"beta": 0.3, "tau": 6.9}

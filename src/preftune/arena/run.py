@@ -148,6 +148,7 @@ def resolve_objectives(objectives: Sequence[str] | str | None, params: dict[str,
     implicit reward), unless ``params`` sets it.
     """
     from ..objectives import available, objective_class
+    from ..objectives.base import Wrapper
 
     if objectives is None or objectives == [] or objectives == "":
         objectives = default_objectives()
@@ -164,6 +165,9 @@ def resolve_objectives(objectives: Sequence[str] | str | None, params: dict[str,
     for name in names:
         terms = _spec_names(name)
         classes = [objective_class(t) for t in terms]
+        # a wrapper (madpo, lcpo, wpo, tars) passes what it does not declare to its base: the base's count too
+        classes += [objective_class(c.hyperparameters()["base"]["default"]) for c in list(classes)
+                    if issubclass(c, Wrapper)]
         accepted = {k for c in classes for k in c.hyperparameters()}
         own: dict[str, Any] = {}
         for k, v in params.items():
