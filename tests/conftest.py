@@ -34,3 +34,35 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture
 def pair_rows():
     return arithmetic_rows(32, seed=2)
+
+
+def _parity_task_classes():
+    from preftune.arena.tasks import Task
+
+    class EvenTask(Task):
+        """Answer 'e' if the prompt's number is even, else 'o'. Reward 1 for right, 0 otherwise."""
+
+        name = "even"
+        max_new_tokens = 3
+        top = 99  # prompts 'n 0:' .. 'n 99:'
+
+        def sample_prompts(self, n, rng):
+            return [f"n {rng.randint(0, self.top)}:" for _ in range(n)]
+
+        def reward(self, prompt, response):
+            return float(response == ("e" if int(prompt[2:-1]) % 2 == 0 else "o"))
+
+        def demonstrations(self, n, rng):
+            return [(p, rng.choice("eo")) for p in self.sample_prompts(n, rng)]
+
+    class SevenTask(EvenTask):
+        """Only seven possible prompts: answer 'e' if the number is even, else 'o'."""
+
+        name = "seven"
+        top = 6
+
+    return EvenTask, SevenTask
+
+
+# Tiny arena tasks the arena tests share (fast to learn: a one-letter answer).
+EvenTask, SevenTask = _parity_task_classes()

@@ -6,9 +6,10 @@ import random
 
 import pytest
 
-from preftune.arena import (ArenaConfig, ConciseTask, RefuseTask, SFTConfig, SortTask, Task, flip_labels, label,
+from preftune.arena import (ArenaConfig, ConciseTask, RefuseTask, SFTConfig, SortTask, flip_labels, label,
                             make_pairs, make_ranked, resolve_objectives, run_arena, win_rate)
 from preftune.errors import ConfigError
+from conftest import EvenTask
 
 # ----------------------------------------------------------------------------- task rewards
 
@@ -164,22 +165,6 @@ def test_cli_parses_every_option():
 
 
 # ----------------------------------------------------------------------------- end to end
-
-
-class EvenTask(Task):
-    """Answer 'e' if the prompt's number is even, else 'o'. Reward 1 for right, 0 otherwise."""
-
-    name = "even"
-    max_new_tokens = 3
-
-    def sample_prompts(self, n, rng):
-        return [f"n {rng.randint(0, 99)}:" for _ in range(n)]
-
-    def reward(self, prompt, response):
-        return float(response == ("e" if int(prompt[2:-1]) % 2 == 0 else "o"))
-
-    def demonstrations(self, n, rng):
-        return [(p, rng.choice("eo")) for p in self.sample_prompts(n, rng)]
 
 
 @pytest.mark.slow

@@ -7,27 +7,12 @@ import math
 
 import pytest
 
-from preftune.arena import ArenaConfig, SFTConfig, Task, run_arena
+from preftune.arena import ArenaConfig, SFTConfig, run_arena
 from preftune.arena.labelling import pair_accuracy, rescore
 from preftune.arena.run import reproduce_command
 from preftune.data.types import PairExample
 from preftune.errors import ConfigError
-
-
-class EvenTask(Task):
-    """Answer 'e' if the prompt's number is even, else 'o'. Reward 1 for right, 0 otherwise."""
-
-    name = "even"
-    max_new_tokens = 3
-
-    def sample_prompts(self, n, rng):
-        return [f"n {rng.randint(0, 99)}:" for _ in range(n)]
-
-    def reward(self, prompt, response):
-        return float(response == ("e" if int(prompt[2:-1]) % 2 == 0 else "o"))
-
-    def demonstrations(self, n, rng):
-        return [(p, rng.choice("eo")) for p in self.sample_prompts(n, rng)]
+from conftest import EvenTask
 
 
 class LenScorer:

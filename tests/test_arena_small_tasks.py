@@ -6,23 +6,7 @@ import pytest
 
 from preftune.arena.models import SFTConfig
 from preftune.arena.run import evaluation_note, heldout_prompts, run_arena
-from preftune.arena.tasks import Task
-
-
-class SevenTask(Task):
-    """Only seven possible prompts: answer 'e' if the number is even, else 'o'."""
-
-    name = "seven"
-    max_new_tokens = 3
-
-    def sample_prompts(self, n, rng):
-        return [f"n {rng.randint(0, 6)}:" for _ in range(n)]
-
-    def reward(self, prompt, response):
-        return float(response == ("e" if int(prompt[2:-1]) % 2 == 0 else "o"))
-
-    def demonstrations(self, n, rng):
-        return [(p, rng.choice("eo")) for p in self.sample_prompts(n, rng)]
+from conftest import SevenTask
 
 
 def test_heldout_prompts_fall_back_to_training_prompts():

@@ -93,8 +93,8 @@ def _recipe_keys(path: str | None) -> set[str]:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from ..data.records import read_records
-    from ..errors import ConfigError, DataError
+    from ..data.records import read_records, record_fields, required_text
+    from ..errors import ConfigError
     from ..io import write_text
     from ..reward import RewardModel
 
@@ -103,20 +103,11 @@ def run_score(args: argparse.Namespace) -> int:
     name, records = read_records(args.data)
     rows, prompts, responses = [], [], []
     for rec in records:
-        if rec.error is not None:
-            raise rec.error
-        d = rec.value
-        if not isinstance(d, dict):
-            raise DataError(f"expected an object, got {type(d).__name__}", file=rec.source, row=rec.row,
-                            reason="not_object")
-        response = next((d[k] for k in ("response", "completion", "chosen") if k in d), None)
-        for field, v in (("prompt", d.get("prompt")), ("response", response)):
-            if not isinstance(v, str) or not v:
-                raise DataError("is missing or not a non-empty string", file=rec.source, row=rec.row, field=field,
-                                reason="missing_field")
+        d = record_fields(rec)
+        prompts.append(required_text(rec, "prompt", d.get("prompt")))
+        responses.append(required_text(rec, "response",
+                                       next((d[k] for k in ("response", "completion", "chosen") if k in d), None)))
         rows.append(d)
-        prompts.append(d["prompt"])
-        responses.append(response)
     rm = RewardModel.from_pretrained(args.model, max_length=args.max_length, batch_size=args.batch_size)
     scores = rm.score(prompts, responses).tolist()
     text = "".join(json.dumps({**r, "score": s}, ensure_ascii=False) + "\n" for r, s in zip(rows, scores))

@@ -444,3 +444,21 @@ def _split_of(path: Path, extra: tuple[str, ...] = ()) -> str | None:
         if stem == low or re.match(rf"^{re.escape(low)}[-_.]", stem):
             return s if s in extra else low
     return None
+
+
+def record_fields(rec: RawRecord) -> dict[str, Any]:
+    """A record's fields: its row's own error if reading it failed, else a one-line error unless it is an object."""
+    if rec.error is not None:
+        raise rec.error
+    if not isinstance(rec.value, dict):
+        raise DataError(f"expected an object (a JSON dict of fields), got {type(rec.value).__name__}",
+                        file=rec.source, row=rec.row, reason="not_object")
+    return rec.value
+
+
+def required_text(rec: RawRecord, field: str, value: Any) -> str:
+    """``value`` when it is a non-empty string, else a one-line error naming the record's file, row and field."""
+    if not isinstance(value, str) or not value:
+        raise DataError("is missing or not a non-empty string", file=rec.source, row=rec.row, field=field,
+                        reason="missing_field")
+    return value

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError, DataError
+from ..data.records import record_fields, required_text
 
 REWARDBENCH_SOURCE = "allenai/reward-bench@05a9005efb607249822c193590c8ecab87c77052"
 
@@ -311,15 +312,8 @@ def _read_v2(records: list[Any], column: str | None, on_bad_row: str) -> tuple[l
     rows, skipped = [], 0
     for rec in records:
         try:
-            if rec.error is not None:
-                raise rec.error
-            d = rec.value
-            if not isinstance(d, dict):
-                raise DataError(f"expected an object, got {type(d).__name__}", file=rec.source, row=rec.row,
-                                reason="not_object")
-            if not isinstance(d.get("prompt"), str) or not d["prompt"]:
-                raise DataError("is missing or not a non-empty string", file=rec.source, row=rec.row, field="prompt",
-                                reason="missing_field")
+            d = record_fields(rec)
+            required_text(rec, "prompt", d.get("prompt"))
             got = {}
             for f in ("chosen", "rejected"):
                 v = d.get(f)
