@@ -4,8 +4,14 @@ accuracy (per subset, RewardBench v1/v2 scoring, length bias) of a reward model 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+
+# Further ``preftune rm`` subcommands, one module each under preftune.cli: name -> module. Each module defines
+# ``add_parser(rm_subparsers)`` (its own options, each with --help text) and sets ``func`` on its parser.
+RM_SUBCOMMANDS: dict[str, str] = {
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=16, help="responses per forward (default: 16)")
     e.add_argument("--max-length", type=int, default=1024, help="longest prompt+response in tokens (default: 1024)")
     e.set_defaults(func=run_eval)
+    for module in RM_SUBCOMMANDS.values():
+        importlib.import_module(f"preftune.cli.{module}").add_parser(rsub)
 
 
 def run_train(args: argparse.Namespace) -> int:
