@@ -30,11 +30,29 @@ def _write(path, rows):
 
 # --------------------------------------------------------------------------------------------- the loss
 
+def _lipo_lambda_loss(r, sc):
+    """TPO's ranking loss for one list, in plain floats. Source: P23 sec. 3.2, which takes LiPO-lambda
+    (Liu et al. 2024, arXiv 2402.01878, sec. 4.3) as written there:
+      L = sum_{i, j: psi_i > psi_j} Delta_ij * log(1 + exp(-(s_i - s_j)))
+      Delta_ij = |G_i - G_j| * |1/D(tau(i)) - 1/D(tau(j))|,  G_i = 2^psi_i - 1,  D(tau) = log(1 + tau),
+      tau(i) = rank position of y_i in the ranking permutation induced by s (the model's rewards).
+    Ties in s are broken by psi, then by position (preftune's choice; the paper leaves ties open)."""
+    K = len(r)
+    order = sorted(range(K), key=lambda k: (-r[k], -sc[k], k))
+    tau = {k: p + 1 for p, k in enumerate(order)}
+    tot = 0.0
+    for i in range(K):
+        for j in range(K):
+            if sc[i] > sc[j]:
+                delta = abs((2 ** sc[i] - 1) - (2 ** sc[j] - 1)) * abs(1 / math.log(1 + tau[i]) -
+                                                                       1 / math.log(1 + tau[j]))
+                tot += delta * math.log1p(math.exp(-(r[i] - r[j])))
+    return tot
+
+
 def test_tpo_loss_with_step_weights_matches_the_formula_written_out():
-    # Source: P23 (TPO) eq. 8-10 as preftune states them (LiPO-lambda pairs, Liu et al. 2024 eq. 7-8):
-    #   r_k = beta * sum_t w_kt * (log pi - log pi_ref)_t
-    #   L = sum_{i, j: s_i > s_j} |G_i - G_j| * |1/log2(1 + tau_i) - 1/log2(1 + tau_j)| * -log sigmoid(r_i - r_j)
-    #   G = 2^s - 1, tau = rank of the response by score (1 = best). Written here in plain Python floats.
+    # r_k = beta * sum_t w_kt * (log pi - log pi_ref)_t (P23 sec. 3.3 as preftune states it), then the
+    # LiPO-lambda ranking loss above with tau from the ranking by r.
     torch.manual_seed(0)
     B, K, T, beta = 2, 3, 4, 0.7
     pt = (-torch.rand(B, K, T, dtype=torch.float64) * 3)
@@ -48,18 +66,40 @@ def test_tpo_loss_with_step_weights_matches_the_formula_written_out():
     for b in range(B):
         r = [beta * sum(float(w[b, k, t]) * (float(pt[b, k, t]) - float(rt[b, k, t])) for t in range(T))
              for k in range(K)]
-        sc = [float(x) for x in scores[b]]
-        order = sorted(range(K), key=lambda k: -sc[k])
-        tau = {k: p + 1 for p, k in enumerate(order)}
-        tot = 0.0
-        for i in range(K):
-            for j in range(K):
-                if sc[i] > sc[j]:
-                    lam = abs((2 ** sc[i] - 1) - (2 ** sc[j] - 1)) * abs(1 / math.log2(1 + tau[i]) -
-                                                                         1 / math.log2(1 + tau[j]))
-                    tot += lam * -_ls(r[i] - r[j])
-        want.append(tot)
+        want.append(_lipo_lambda_loss(r, [float(x) for x in scores[b]]))
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_tpo_lambda_ranks_by_the_policy_rewards_with_natural_log():
+    # A list where the policy's ranking (by r) and the label ranking differ, worked by hand:
+    # psi = (2, 1, 0), r = (0, 1, -1): tau by r = (2, 1, 3); by labels it would be (1, 2, 3).
+    psi, r = [2.0, 1.0, 0.0], [0.0, 1.0, -1.0]
+    s = ListStats(torch.tensor([r], dtype=torch.float64), torch.tensor([psi], dtype=torch.float64),
+                  torch.zeros(1, 3, dtype=torch.float64))
+    L = math.log
+    sp = lambda x: math.log1p(math.exp(-x))  # -log sigmoid(x)
+    want = (2 * abs(1 / L(3) - 1 / L(2)) * sp(0 - 1)       # (0 beats 1): |G| 3 - 1, tau 2 vs 1
+            + 3 * abs(1 / L(3) - 1 / L(4)) * sp(0 + 1)     # (0 beats 2): |G| 3 - 0, tau 2 vs 3
+            + 1 * abs(1 / L(2) - 1 / L(4)) * sp(1 + 1))    # (1 beats 2): |G| 1 - 0, tau 1 vs 3
+    got = get("tpo", beta=1.0)(s).loss
+    torch.testing.assert_close(got, torch.tensor([want], dtype=torch.float64), rtol=1e-9, atol=0)
+    label_rank = (2 * abs(1 / L(2) - 1 / L(3)) * sp(-1) + 3 * abs(1 / L(2) - 1 / L(4)) * sp(1)
+                  + abs(1 / L(3) - 1 / L(4)) * sp(2))
+    assert abs(float(got) - label_rank) > 0.1  # the rank is the policy's, not the labels'
+    # at equal rewards (the first step) the tie-break by label gives the ideal ranking's weights
+    s0 = ListStats(torch.zeros(1, 3, dtype=torch.float64), torch.tensor([psi], dtype=torch.float64),
+                   torch.zeros(1, 3, dtype=torch.float64))
+    want0 = (2 * abs(1 / L(2) - 1 / L(3)) + 3 * abs(1 / L(2) - 1 / L(4)) + abs(1 / L(3) - 1 / L(4))) * math.log(2)
+    torch.testing.assert_close(get("tpo", beta=1.0)(s0).loss, torch.tensor([want0], dtype=torch.float64))
+
+
+def test_tpo_padded_entries_rank_last_and_carry_no_pairs():
+    # a padded third entry with a high reward must neither take a rank above the real ones nor form pairs
+    psi, r = [1.0, 0.0, 5.0], [0.3, -0.2, 9.0]
+    s = ListStats(torch.tensor([r], dtype=torch.float64), torch.tensor([psi], dtype=torch.float64),
+                  torch.zeros(1, 3, dtype=torch.float64), valid=torch.tensor([[True, True, False]]))
+    want = _lipo_lambda_loss(r[:2], psi[:2])
+    torch.testing.assert_close(get("tpo", beta=1.0)(s).loss, torch.tensor([want], dtype=torch.float64))
 
 
 def test_adaptive_step_weights_from_the_formula():

@@ -120,7 +120,8 @@ def test_tpo_lambda_and_uniform():
     sc = [[1.0, 3.0, 2.0], [5.0, 1.0, 0.0]]
     want_u, want_l = [], []
     for i in range(2):
-        order = sorted(range(3), key=lambda k: -sc[i][k])
+        # the rank induced by the policy's rewards (ties by label score), as LiPO-lambda defines it
+        order = sorted(range(3), key=lambda k: (-r[i][k], -sc[i][k], k))
         rank = {k: p + 1 for p, k in enumerate(order)}
         tot_u, tot_l, n = 0.0, 0.0, 0
         for a in range(3):
@@ -128,7 +129,7 @@ def test_tpo_lambda_and_uniform():
                 if sc[i][a] > sc[i][c]:
                     term = -ls(r[i][a] - r[i][c])
                     lam = abs((2 ** sc[i][a] - 1) - (2 ** sc[i][c] - 1)) * abs(
-                        1 / math.log2(1 + rank[a]) - 1 / math.log2(1 + rank[c]))
+                        1 / math.log(1 + rank[a]) - 1 / math.log(1 + rank[c]))
                     tot_u += term
                     tot_l += lam * term
                     n += 1
@@ -146,7 +147,7 @@ def test_tpo_step_weights():
     s = ListStats(pt.sum(-1), torch.tensor([[1.0, 0.0]]), rt.sum(-1), policy_token_logps=pt,
                   reference_token_logps=rt, extras={"step_weights": w})
     r0, r1 = 1.0 * 0.5 + 0.0 * -1.0, 0.5 * 1.0 + 1.0 * 0.0
-    lam = abs(1 - 0) * abs(1 / math.log2(2) - 1 / math.log2(3))
+    lam = abs(1 - 0) * abs(1 / math.log(2) - 1 / math.log(3))
     torch.testing.assert_close(get("tpo", beta=b, step_rewards=True)(s).loss, T([lam * -ls(r0 - r1)]))
 
 

@@ -181,6 +181,30 @@ def test_orpo_completion_only_nll_differs_from_trl(orpo):
     assert abs(got - want) > 1e-4
 
 
+def test_orpo_trainer_parity_with_the_prompt_logps_supplier(orpo, tiny):
+    """The same parity, with the prompt log-probs from preftune's ``prompt_logps`` supplier (what `preftune
+    train` runs for ``nll_tokens='prompt_and_completion'``), with gradient, instead of the hand-made extras."""
+    from preftune.suppliers import MicroBatch, suppliers_for
+
+    trainer, rows, _ = orpo
+    tmp, tok, load = tiny
+    pairs, policy = _pairs_from_rows(rows), load()
+    obj = get("orpo", lam=trainer.beta, nll_tokens="prompt_and_completion")
+    sups = suppliers_for(obj)
+    assert [type(x).__name__ for x in sups] == ["PromptLogps"]
+    batch = collate_pairs(pairs, tok.pad_token_id)
+    collate = lambda items: collate_pairs(items, tok.pad_token_id)  # noqa: E731
+    collate.pad_id = tok.pad_token_id
+    stats = batch_stats(batch, sequence_logps(policy, batch))
+    step = MicroBatch(policy, None, obj, batch, pairs, collate)
+    for sup in sups:
+        sup.supply(stats, step)
+    assert stats.extras["chosen_prompt_lengths"].tolist() == [len(p.prompt_ids) - 1 for p in pairs]
+    loss = obj(stats).loss.mean()
+    assert loss.item() == pytest.approx(_trl_loss(trainer, rows), rel=1e-4, abs=1e-7)
+    assert stats.extras["chosen_prompt_logps"].requires_grad  # the prompt tokens' NLL trains, as TRL's does
+
+
 @pytest.fixture(scope="module")
 def kto(tiny):
     from trl import KTOConfig, KTOTrainer

@@ -70,6 +70,11 @@ def adaptive_step_weights(step_ids: Tensor, step_embeddings: list[list[Tensor]])
     (semantically) in another response of the same prompt carries no preference signal, so its reward
     is scaled by ``1 - max cos(e_ks, e_k's')`` over the other responses' steps (clamped to [0, 1]).
     Returns [K, T] weights (0 outside responses).
+
+    Unverified: sec. 3.3's text was not readable here (arXiv 2410.12854: abstract only), so this form --
+    preftune's reading of "adjust the reward values of each step" to separate responses that share
+    sub-trajectories -- is not checked against the paper's equation. The authors' code weights step s of
+    response k by ``1 + cos(e_ks, e_0s)`` instead (see :class:`TPO`).
     """
     K, T = step_ids.shape
     out = torch.zeros(K, T, device=step_ids.device)
@@ -85,28 +90,52 @@ def adaptive_step_weights(step_ids: Tensor, step_embeddings: list[list[Tensor]])
     return out
 
 
+def policy_rank(rewards: Tensor, scores: Tensor, valid: Tensor) -> Tensor:
+    """Rank position (1 = top) of each entry in the ranking induced by ``rewards`` [B, K] (LiPO-lambda's
+    tau), ties broken by the label ``scores`` and then by position; padded entries rank last."""
+    key = scores.masked_fill(~valid, float("-inf"))
+    order = torch.sort(key, dim=-1, descending=True, stable=True).indices  # tie-break: labels, then position
+    r = torch.gather(rewards.masked_fill(~valid, float("-inf")), -1, order)
+    order = torch.gather(order, -1, torch.sort(r, dim=-1, descending=True, stable=True).indices)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(1, order.shape[-1] + 1, device=order.device).expand_as(order))
+    return rank
+
+
 @register
 @dataclass
 class TPO(Objective):
-    """TPO (P23, Liao et al. 2024/ICLR 2025, arXiv 2410.12854, eq. 8-10): preference-list ranking over a tree's
-    responses.
+    """TPO (P23, Liao et al. 2024/ICLR 2025, arXiv 2410.12854, sec. 3.2-3.3, eq. 8-10): preference-list
+    ranking over a tree's responses.
 
     Reward of response k: ``r_k = beta * sum_t w_kt (log pi - log pi_ref)_t`` where ``w`` are the adaptive
     step-reward weights (``extras['step_weights']`` [B, K, T], from :func:`adaptive_step_weights`; needs
     ``"step_weights"`` and ``"token_logps"``); without step weights ``r_k`` is the summed log-ratio.
-    Loss: lambda-weighted pairwise logistic ranking (LiPO-lambda, used by TPO):
-    ``sum_{i > j by score} lambda_ij * -log sigmoid(r_i - r_j)``,
-    ``lambda_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|``, ``G = 2^score - 1``, ``D(tau) = log2(1 + tau)``
-    with tau the rank by score. ``weighting='uniform'`` uses lambda = 1 (mean over ordered pairs).
+    Loss (sec. 3.2, TPO's ranking loss is LiPO-lambda, Liu et al. 2024 sec. 4.3):
+    ``sum_{i, j: psi_i > psi_j} lambda_ij * -log sigmoid(r_i - r_j)``,
+    ``lambda_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|``, ``G = 2^psi - 1`` (psi the label score),
+    ``D(tau) = log(1 + tau)`` (natural log, as written) and ``tau_i`` the rank position of response i in
+    the ranking *induced by the rewards r* -- the policy's current ranking, which is what makes it
+    listwise (LambdaLoss): pairs the policy orders badly near the top weigh most. The rank is piecewise
+    constant, so no gradient flows through it; ties in r (every pair at the first step, where policy =
+    reference) are broken by the label score, then by position, so the first step weighs pairs by the
+    ideal ranking. ``weighting='uniform'`` uses lambda = 1 (mean over ordered pairs).
 
     ``preftune train`` computes the step weights (supplier ``step_weights``) when the ranked completions are
     given as lists of reasoning-step strings: step embeddings are the policy's mean final hidden states over
     each step's tokens, without gradient.
 
-    verified against: MrBlankness/TPO loss.py::TPOLoss.forward / compute_step_weights /
-    compute_weighted_logits / lambda_rank_loss @ ba87a23cb8891c596d4276c1f3cca863aabc5928. The released code
-    differs from this implementation, which follows the paper's equations as stated above (the equation
-    text itself was not re-read for this check: the arXiv body was not retrievable), in:
+    Where this comes from (checked 2026-11-25): the TPO paper's body (arXiv 2410.12854 v3) was not readable
+    here -- only its abstract, which names the two parts (preference list ranking, adaptive step reward).
+    The lambda weights follow LiPO-lambda as LiPO states it (tau "the rank position of y_i in the ranking
+    permutation induced by s", D = log(1 + tau)), which TPO adopts; an earlier preftune version ranked by
+    the label scores and used log2 (the NDCG discount), which differs: the rank changes which pairs weigh
+    most once the policy moves, and log2 scales every lambda by ln 2. The adaptive step weights of sec. 3.3
+    could not be checked against the paper text at all (see :func:`adaptive_step_weights`).
+
+    The authors' code, MrBlankness/TPO loss.py::TPOLoss.forward / compute_step_weights /
+    compute_weighted_logits / lambda_rank_loss @ ba87a23cb8891c596d4276c1f3cca863aabc5928, differs from
+    both, in:
 
     * step weights: ``1 + cos(e_ks, e_0s)`` against the *same-index* step of response 0 (with gradient
       through the cosine), not a down-weighting of steps shared with the other responses;
@@ -153,12 +182,9 @@ class TPO(Objective):
         better = (s.unsqueeze(-1) > s.unsqueeze(-2)) & v.unsqueeze(-1) & v.unsqueeze(-2)  # [B,K,K]: i beats j
         pair = -F.logsigmoid(r.unsqueeze(-1) - r.unsqueeze(-2))
         if self.weighting == "lambda":
-            key = s.masked_fill(~v, float("-inf"))
-            order = torch.sort(key, dim=-1, descending=True, stable=True).indices
-            rank = torch.empty_like(order)
-            rank.scatter_(-1, order, torch.arange(1, s.shape[-1] + 1, device=s.device).expand_as(order))
+            rank = policy_rank(r.detach(), s, v)
             gain = torch.pow(2.0, s) - 1
-            disc = 1.0 / torch.log2(1.0 + rank.to(r.dtype))
+            disc = 1.0 / torch.log1p(rank.to(r.dtype))
             lam = (gain.unsqueeze(-1) - gain.unsqueeze(-2)).abs() * (disc.unsqueeze(-1) - disc.unsqueeze(-2)).abs()
             loss = (lam * pair * better).sum((-1, -2))
         else:

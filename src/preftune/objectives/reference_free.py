@@ -115,10 +115,13 @@ class ORPO(_RefFree):
 
     The NLL term averages as TRL's ``ORPOTrainer`` by default: over all chosen tokens of the batch
     (``nll_average='batch_tokens'``); ``'sequence'`` is each response's own per-token mean, averaged over
-    pairs (preftune's earlier default). TRL also scores the *prompt* tokens in that NLL; set
-    ``nll_tokens='prompt_and_completion'`` to do the same (the trainer must then supply the extras
-    ``chosen_prompt_logps`` and ``chosen_prompt_lengths``, see :func:`chosen_nll`). The odds-ratio term uses
-    completion tokens only, as TRL and the paper do.
+    pairs (preftune's earlier default). TRL also scores the *prompt* tokens in that NLL
+    (``ORPOTrainer.concatenated_forward``, TRL 1.16: ``nn.CrossEntropyLoss`` over every non-padding token of
+    the chosen sequences after the first, one mean over the batch); set ``nll_tokens='prompt_and_completion'``
+    to do the same: ``preftune train`` then runs the ``prompt_logps`` supplier, which fills the extras
+    ``chosen_prompt_logps`` and ``chosen_prompt_lengths`` (:func:`chosen_nll`), and the loss equals TRL's on the
+    same ids (first-step parity test). The default scores completion tokens only, as the paper's eq. 6 (the
+    SFT loss on the chosen response). The odds-ratio term uses completion tokens only, as TRL and the paper do.
     """
 
     name = "orpo"
@@ -146,10 +149,16 @@ class ORPO(_RefFree):
 @register
 @dataclass
 class ASFT(_RefFree):
-    """ASFT (P26, Wang et al. 2024, eq. 7-8 as we read them): ``NLL(y_w) + lambda * L_align`` with the
+    """ASFT (P26, Wang et al. 2024, eq. 7-8 as restated): ``NLL(y_w) + lambda * L_align`` with the
     absolute-likelihood alignment term ``L_align = -log sigmoid(o(y_w)) - log sigmoid(-o(y_l))``, one
     binary classification per response instead of a Bradley-Terry comparison. Since
-    ``sigmoid(o(y)) = exp(ā)``, ``L_align = -ā_w - log(1 - exp(ā_l))``."""
+    ``sigmoid(o(y)) = exp(ā)``, ``L_align = -ā_w - log(1 - exp(ā_l))``.
+
+    Verified against a third-party restatement, not P26 itself: Gorbatovski et al. 2025 (arXiv 2502.01237)
+    sec. 2.4 gives exactly this loss with length-normalised probabilities (their App. A.1, Table 4) and, in
+    App. C, the binary cross-entropy form above. P26's body was not readable here (arXiv 2409.10571:
+    abstract only) and no authors' code was found. The default ``lam = 0.1`` is ORPO's, not a value read in
+    P26; the restating paper found lambda = 1 best among {0.1, 0.2, 0.5, 1} for one-stage ASFT."""
 
     name = "asft"
     paper = "P26 (ASFT) eq. 7-8"

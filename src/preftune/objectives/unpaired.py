@@ -1,4 +1,5 @@
-"""Unpaired objectives over {prompt, completion, label}: KTO, BCO, NPO (and NPO with a retain term).
+"""Unpaired objectives over {prompt, completion, label}: KTO, BCO, NPO (and NPO with a retain term), and
+the gradient-ascent baseline NPO is measured against.
 
 ``UnpairedStats.label`` is True for a desirable completion (thumbs-up, or *retain* data for NPO) and
 False for an undesirable one (thumbs-down, or the *forget* set for NPO).
@@ -248,3 +249,48 @@ class NPORetain(NPO):
     paper = "P06 (NPO+RT); authors' TOFU code dataloader.py npo_grad_diff @1207bbe"
     retain_weight: float = hp(1.0, "lambda: weight of the retain NLL (token mean over the batch's retain "
                                    "examples) added to the forget-set mean NPO loss", low=0.0)
+
+
+@register
+@dataclass
+class GradAscent(Objective):
+    """Gradient ascent (GA) on a forget set, and gradient difference (GD) with a retain term: the unlearning
+    baselines P06 (NPO) is measured against. Forget examples (label False): the log-likelihood ``log pi(y|x)``
+    (minimised: the NLL is ascended); retain examples (label True): the NLL, weighted ``retain_weight``.
+    Unbounded below, which is P06's point: NPO (eq. 3) is GA with the weight ``2 sigmoid(-beta h)`` that
+    vanishes once a forget example is unlikely enough, and tends to GA as beta -> 0.
+
+    As the authors' TOFU code, licong-lin/negative-preference-optimization ``TOFU/dataloader.py``,
+    ``CustomTrainerForgetting.compute_loss`` branches ``'grad_ascent'`` (``-outputs.loss``) and
+    ``'grad_diff'`` (``-forget outputs.loss + retain outputs.loss``) @ 1207bbe9a1abf502bc2d7b43a0a467d9524b4036:
+    each term is the Hugging Face causal-LM loss, a mean over the batch's *tokens*. Forget and retain
+    examples share one batch here, so each example is rescaled (as :class:`NPO` does) to make the batch
+    mean ``-forget_token_mean_nll + retain_weight * retain_token_mean_nll`` whatever the mix:
+    forget ``i``: ``B * log pi_i / forget_tokens``; retain ``j``: ``retain_weight * B * nll_j / retain_tokens``.
+    No reference model.
+    """
+
+    name = "grad_ascent"
+    paper = "P06 baselines GA / GD; authors' TOFU code dataloader.py grad_ascent / grad_diff @1207bbe"
+    kind = "unpaired"
+    needs_reference = False
+    retain_weight: float = hp(0.0, "weight of the retain NLL (token mean over the batch's retain examples); "
+                                   "0: GA, 1: GD as the authors' grad_diff", low=0.0)
+
+    def __call__(self, stats: UnpairedStats) -> ObjectiveOutput:
+        self.check_stats(stats)
+        require(stats, self.name, "lengths")
+        logp = stats.policy_logps
+        lengths = stats.lengths.to(logp.dtype)  # type: ignore[union-attr]
+        lab = stats.label.bool()
+        B = lab.numel()
+        one = torch.ones((), dtype=logp.dtype, device=logp.device)
+        forget_tokens = lengths[~lab].sum().clamp(min=1) if (~lab).any() else one
+        retain_tokens = lengths[lab].sum().clamp(min=1) if lab.any() else one
+        loss = torch.where(lab, self.retain_weight * B * -logp / retain_tokens, B * logp / forget_tokens)
+        m = _metrics(stats, logp)
+        if (~lab).any():
+            m["loss/forget"] = (-logp.detach()[~lab].sum() / forget_tokens.detach())  # forget NLL per token
+        if lab.any():
+            m["loss/retain"] = (-logp.detach()[lab].sum() / retain_tokens.detach())
+        return ObjectiveOutput(apply_weight(loss, stats.weight), m)

@@ -111,7 +111,9 @@ class LCPO(Wrapper):
     it equals the paper's form for DPO when ``posterior_beta`` is DPO's beta.
 
     Verified against: the paper only (equations as quoted in the RE-PO/LCPO paper, arXiv 2509.24159 v2/v3);
-    the authors' repository github.com/XiaoyangCao1113/RE-PO could not be read here (no snapshot).
+    the authors' repository github.com/XiaoyangCao1113/RE-PO could not be read here: on 2026-11-25
+    ``fetch github:XiaoyangCao1113/RE-PO`` answered "No snapshot of that repository can be had here", and the
+    public-code file index holds no file of it (its owner's only stored repository is XiaoyangCao1113/LiRA).
     Per-annotator reliabilities ``eta_k`` (MultiPref experiments) are not implemented.
     """
 
