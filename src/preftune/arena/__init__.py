@@ -15,6 +15,7 @@ from .labelling import PreferenceData, flip_labels, label, make_pairs, make_rank
 from .models import SFTConfig, default_cache_dir
 from .run import ArenaConfig, default_objectives, resolve_objectives, run_arena
 from .tasks import TASKS, ConciseTask, RefuseTask, SortTask, Task, get_task
+from . import annotators  # noqa: F401,E402  (registers sort_style: sort labelled by a style-biased annotator)
 
 __all__ = ["ArenaConfig", "ConciseTask", "PreferenceData", "RefuseTask", "SFTConfig", "SortTask", "TASKS", "Task",
            "default_cache_dir", "default_objectives", "evaluate_policy", "flip_labels", "get_task", "label",

@@ -11,6 +11,11 @@ import sys
 # Further ``preftune rm`` subcommands, one module each under preftune.cli: name -> module. Each module defines
 # ``add_parser(rm_subparsers)`` (its own options, each with --help text) and sets ``func`` on its parser.
 RM_SUBCOMMANDS: dict[str, str] = {
+    "strength": "rm_strength",   # P67 preference strength from M reward models
+    "gpm-demo": "rm_gpm",        # P31 GPM vs Bradley-Terry on cyclic preferences
+    "scale": "rm_scale",         # P57 WorldPM reward-model scaling grid and power-law fits
+    "cdr-score": "rm_cdr",       # P64 CDR density-ratio reward of a strong over a weak LM
+    "judge-bias": "rm_judge_bias",  # P58 DBG score of a judge's self-preference against gold judgments
 }
 
 

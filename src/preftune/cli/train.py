@@ -46,6 +46,10 @@ HELP = {
     "lora_target": "LoRA target modules (peft syntax, comma-separated; default all-linear)",
     "trust_remote_code": "allow model repositories to run their own code (off by default)",
     "device": "auto, cpu, cuda, cuda:N",
+    "reward_head": "reward models (preftune rm train): score adds a sequence-classification head (final/ loads with "
+                   "AutoModelForSequenceClassification); value adds a linear value head on the causal LM's last "
+                   "hidden state, read at the last real token, saved beside the body as value_head.safetensors "
+                   "(TRL's AutoModelForCausalLMWithValueHead)",
     "max_length": "longest prompt+response in tokens; longer responses are truncated",
     "max_prompt_length": "longest prompt in tokens",
     "truncation": "prompt truncation: keep_end (last tokens) or keep_start",

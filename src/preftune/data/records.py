@@ -36,7 +36,7 @@ _BOM = b"\xef\xbb\xbf"
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 # Columns whose CSV cells are not plain text: decoded when the cell parses, else left for
 # validation to report.
-_CSV_NUMBER_COLUMNS = ("score_chosen", "score_rejected", "margin", "weight")
+_CSV_NUMBER_COLUMNS = ("score_chosen", "score_rejected", "margin", "weight", "strength", "strength_std")
 _CSV_JSON_COLUMNS = ("completions", "scores")
 
 

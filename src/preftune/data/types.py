@@ -27,7 +27,7 @@ Message = dict[str, str]
 Text = Union[str, list[Message]]
 
 # Optional per-row numeric columns carried through to the objectives.
-PAIR_EXTRA_FIELDS = ("score_chosen", "score_rejected", "margin", "weight")
+PAIR_EXTRA_FIELDS = ("score_chosen", "score_rejected", "margin", "weight", "strength", "strength_std")
 
 
 @dataclass(frozen=True)

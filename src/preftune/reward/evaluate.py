@@ -191,8 +191,10 @@ def model_kind(path: str | Path) -> str:
     except (OSError, ValueError):
         raise ConfigError(f"cannot read {Path(path) / 'config.json'}: --model must be a model directory") from None
     archs = cfg.get("architectures") or []
-    if any(str(a).endswith("ForSequenceClassification") for a in archs):
-        return "classifier"
+    from .value_model import is_value_head_model
+
+    if any(str(a).endswith("ForSequenceClassification") for a in archs) or is_value_head_model(path):
+        return "classifier"  # a value-head model scores like a classifier
     if any(str(a).endswith("ForCausalLM") or str(a).endswith("LMHeadModel") for a in archs):
         return "causal-lm"
     return "unknown"

@@ -35,11 +35,17 @@ class RewardModel:
         self.model, self.tokenizer, self.max_length, self.batch_size = model, tokenizer, max_length, batch_size
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kw: Any) -> "RewardModel":
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", dtype: str = "fp32",
+                        **kw: Any) -> "RewardModel":
+        """Load ``path`` on ``device`` in ``dtype`` (an online run scores on the policy's device)."""
         from ..models.loading import load_tokenizer
 
+        from .value_model import is_value_head_model, load_value_head_model
+
         tok = load_tokenizer(str(path))
-        return cls(load_reward_model(str(path), tokenizer=tok), tok, **kw)
+        if is_value_head_model(path):  # a causal LM with a value head (value_head.safetensors)
+            return cls(load_value_head_model(str(path), tokenizer=tok, dtype=dtype, device=device), tok, **kw)
+        return cls(load_reward_model(str(path), tokenizer=tok, dtype=dtype, device=device), tok, **kw)
 
     @torch.no_grad()
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:

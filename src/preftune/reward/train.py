@@ -33,6 +33,11 @@ def train_reward_model(config: TrainConfig, *, model: Any = None, tokenizer: Any
                           "(or `preftune train` for policies)")
     if cfg.layout == "auto":
         cfg = cfg.replace(layout="padded")  # a sequence-classification head reads one sequence per row
+    if model is None and cfg.reward_head == "value":  # a causal LM with a value head (docs/reward-value-head.md)
+        from .value_model import train_value_head_reward_model
+
+        return train_value_head_reward_model(cfg, tokenizer=tokenizer, train_examples=train_examples,
+                                             eval_examples=eval_examples, callbacks=callbacks)
     tokenizer = load_tokenizer_for(cfg, tokenizer)
     if model is None:
         if not cfg.model:

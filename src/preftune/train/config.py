@@ -88,6 +88,7 @@ class TrainConfig:
     lora_target: str = field(default="all-linear", metadata={"join_list": True})
     trust_remote_code: bool = False
     device: str = "auto"
+    reward_head: str = "score"      # reward models: score (sequence-classification head) or value (LM + value head)
     # data ------------------------------------------------------------------------------
     max_length: int | None = 1024
     max_prompt_length: int | None = 512
@@ -171,6 +172,8 @@ class TrainConfig:
              "max_prompt_length must be > 0 or null")
         need(self.dtype in ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16"), "dtype",
              f"dtype='{self.dtype}'; use fp32, bf16 or fp16")
+        need(self.reward_head in ("score", "value"), "reward_head",
+             f"reward_head='{self.reward_head}'; use score or value")
         need(self.ref != "adapter" or self.lora_r > 0, "ref", "ref='adapter' needs LoRA (set lora_r > 0)")
         need(not isinstance(self.resume, str) or bool(self.resume.strip()), "resume",
              "resume must be true, false or a checkpoint directory, got ''")
