@@ -77,6 +77,10 @@ class ArenaConfig:
     params: dict[str, Any] = field(default_factory=dict)        # hyperparameters: "beta" or "dpo.beta"
     sweep: dict[str, list[Any]] = field(default_factory=dict)    # hyperparameter -> values
     save_models: bool = False
+    # online contestants (preftune.online): trained on the same prompts and annotator at an equal budget of
+    # reward calls (train_prompts x samples_per_prompt); see preftune.arena.online
+    online: list[str] = field(default_factory=list)
+    online_lr: float | None = None   # None: lr
     # evaluation
     eval_prompts: int = 512
     eval_samples: int = 2
@@ -103,6 +107,11 @@ class ArenaConfig:
         need(self.rm_lr > 0, f"rm_lr must be > 0, got {self.rm_lr}")
         need(self.rm_k >= 0, f"rm_k must be >= 0, got {self.rm_k}")
         need(bool(self.seeds), "at least one seed is needed")
+        from ..online.config import ALGORITHMS
+        for algo in self.online:
+            need(algo in ALGORITHMS and ALGORITHMS[algo].source in ("group", "pair"),
+                 f"online '{algo}': use one of {', '.join(a for a, x in ALGORITHMS.items() if x.source in ('group', 'pair'))}")
+        need(self.online_lr is None or self.online_lr > 0, f"online_lr must be > 0, got {self.online_lr}")
         need(len(set(self.seeds)) == len(self.seeds), f"seeds must be distinct, got {self.seeds}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,7 +251,8 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
     from tqdm.auto import tqdm
 
     use_rm = cfg.labeller == "reward_model"
-    units = len(seed_list) * (3 + use_rm + len(entries))
+    units = len(seed_list) * (3 + use_rm + len(entries) + len(cfg.online))
+    budget = cfg.train_prompts * cfg.samples_per_prompt   # reward calls an offline contestant's data cost
     bar = tqdm(total=units, desc=f"arena {task_obj.name}", disable=not cfg.progress, dynamic_ncols=True,
                unit="stage")
 
@@ -372,8 +382,33 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
             timings["training"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             stage(f"seed {seed}: evaluating {e.label}")
-            per_seed.setdefault(e.label, []).append(eval_policy(result.model, e.label))
+            per_seed.setdefault(e.label, []).append({**eval_policy(result.model, e.label), "reward_calls": budget})
             histories.setdefault(e.label, []).append(result.history)
+            timings["evaluation"] += time.perf_counter() - t0
+            bar.update(1)
+
+        # 5. online contestants, at the same budget of reward calls ---------------------
+        for algo in cfg.online:
+            lbl = f"{algo} (online)"
+            if lbl in skipped:
+                bar.update(1)
+                continue
+            stage(f"seed {seed}: training {lbl}")
+            t0 = time.perf_counter()
+            try:
+                res, calls = _online_contestant(algo, task_obj, path, tok, train_prompts, rm, seed, cfg, budget,
+                                                out / "runs" / _safe(lbl) / f"seed{seed}")
+            except (PreftuneError, ValueError, TypeError, KeyError) as err:
+                msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+                skipped[lbl] = f"{type(err).__name__}: {msg}"
+                if cfg.progress:
+                    tqdm.write(f"arena: skipped {lbl}: {skipped[lbl]}")
+                bar.update(1)
+                continue
+            timings["training"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            per_seed.setdefault(lbl, []).append({**eval_policy(res.model, lbl), "reward_calls": calls})
+            histories.setdefault(lbl, []).append(res.history)
             timings["evaluation"] += time.perf_counter() - t0
             bar.update(1)
         del sft_model
@@ -400,6 +435,35 @@ def run_arena(task: Task | str = "sort", objectives: Sequence[str] | str | None 
         sections.append(rm_lines)
     write_report(out, results, meta, notes_top=notes_top, sections=sections)
     return results
+
+
+def _online_contestant(algo: str, task: Task, sft_path: Path, tok: Any, prompts: Sequence[str], rm: Any, seed: int,
+                       cfg: ArenaConfig, budget: int, run_dir: Path) -> tuple[Any, int]:
+    """Train one online contestant from the SFT model; returns (run result, reward calls spent)."""
+    from ..online.config import ALGORITHMS
+    from .online import online_steps, train_online_entry
+
+    k = 2 if algo == "online_dpo" else (cfg.samples_per_prompt if algo in ("grpo", "rloo")
+                                        else ALGORITHMS[algo].num_generations)
+    bs = cfg.batch_size if ALGORITHMS[algo].source == "pair" else max(k, cfg.batch_size // k * k)
+    steps, per_step = online_steps(algo, budget, bs, k)
+
+    def scorer(ps: list[str], cs: list[str]) -> list[float]:
+        if rm is not None:
+            return [float(v) for v in rm.score(ps, cs)]
+        return [task.preference_score(p, c) for p, c in zip(ps, cs)]
+
+    policy, _ = load_sft(sft_path)
+    from ..objectives import objective_class
+
+    accepted = objective_class(ALGORITHMS[algo].loss).hyperparameters()
+    params = {k2.rpartition(".")[2]: v for k2, v in cfg.params.items()
+              if k2.rpartition(".")[2] in accepted and k2.rpartition(".")[0] in (algo, ALGORITHMS[algo].loss)}
+    # (only qualified names, --param grpo.negative_gradient=false: a plain beta means DPO's beta in the arena)
+    res = train_online_entry(algo, task, sft_path, policy, tok, prompts, scorer=scorer, seed=seed, steps=steps,
+                             batch_size=bs, lr=cfg.online_lr or cfg.lr, warmup_ratio=cfg.warmup_ratio, beta=cfg.beta,
+                             k=k, out=run_dir, params=params)
+    return res, steps * per_step
 
 
 # ----------------------------------------------------------------------------- the reward-model labeller
@@ -570,6 +634,8 @@ def reproduce_command(cfg: ArenaConfig) -> str:
     parts = ["preftune", "arena", "--task", cfg.task]
     if cfg.objectives:
         parts += ["--objectives", ",".join(cfg.objectives)]
+    if cfg.online:
+        parts += ["--online", ",".join(cfg.online)]
     if cfg.seeds != list(range(len(cfg.seeds))):
         parts += ["--seed-list", ",".join(map(str, cfg.seeds))]
     elif len(cfg.seeds) != 1:
@@ -577,7 +643,7 @@ def reproduce_command(cfg: ArenaConfig) -> str:
     parts += ["--output", cfg.output]
     for f in ("cache_dir", "train_prompts", "samples_per_prompt", "temperature", "pairs", "noise", "labeller",
               "rm_train_prompts", "rm_steps", "rm_batch_size", "rm_lr", "rm_members", "rm_k", "steps",
-              "batch_size", "lr", "warmup_ratio", "beta", "eval_prompts", "eval_samples", "threads"):
+              "batch_size", "lr", "warmup_ratio", "beta", "eval_prompts", "eval_samples", "threads", "online_lr"):
         v = getattr(cfg, f)
         if v != getattr(d, f):
             parts += [f"--{f.replace('_', '-')}", str(v)]

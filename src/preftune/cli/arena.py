@@ -46,6 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--objectives", default="",
                    help="comma-separated objectives, 'all' (every registered one that fits the data), or "
                         "compositions such as dpo+sft:0.2; empty: dpo and three others")
+    g.add_argument("--online", default="",
+                   help="online algorithms to run beside the objectives (grpo, rloo, reinforce, ppo, online_dpo), "
+                        "on the same prompts and annotator at an equal budget of reward calls "
+                        "(train-prompts x samples-per-prompt); see docs/online.md")
+    g.add_argument("--online-lr", type=float, default=None, help="learning rate of the online contestants "
+                                                                  "(default: --lr)")
     g.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1); each has its own SFT model and data")
     g.add_argument("--seed-list", default=None, help="explicit comma-separated seeds (overrides --seeds)")
     g.add_argument("--output", default=d.output, help="run directory for the report, data and per-objective runs")
@@ -129,7 +135,8 @@ def config_from_args(args: argparse.Namespace):
         warmup_ratio=args.warmup_ratio, beta=args.beta, params=_assignments(args.param, "--param"),
         sweep=_assignments(args.sweep, "--sweep", many=True), save_models=args.save_models,
         eval_prompts=args.eval_prompts, eval_samples=args.eval_samples, sft=sft, threads=args.threads,
-        progress=not args.no_progress)
+        progress=not args.no_progress, online=[o.strip() for o in args.online.split(",") if o.strip()],
+        online_lr=args.online_lr)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "arena": "arena",
     "data": "data",
     "rm": "rm",
+    "online": "online",
+    "ranking": "ranking",
 }
 
 
@@ -53,13 +55,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _apply_global_options(args: argparse.Namespace) -> None:
-    """Hand the global options to the subcommand, in its own spelling: ``train`` takes a ``progress``
-    option (a TrainConfig field), the others a ``no_progress`` switch."""
+    """Hand the global options to the subcommand, in its own spelling: ``train``, ``online`` and ``rm
+    train`` take a ``progress`` option (a TrainConfig field), the others a ``no_progress`` switch."""
     quiet = vars(args).pop("global_no_progress", False)
     if not quiet:
         return
-    if args.command == "train":
-        args.progress = False
+    if args.command in ("train", "online") or (args.command == "rm" and getattr(args, "rm_command", "") == "train"):
+        args.progress = False  # the commands that take every TrainConfig option
     else:
         args.no_progress = True
 

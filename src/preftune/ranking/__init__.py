@@ -7,6 +7,8 @@ classification, distillation, representation learning). One module per method; e
 >>> scores, relevance = torch.tensor([[2.0, 1.0, 0.5]]), torch.tensor([[2.0, 0.0, 1.0]])
 >>> float(ranknet_loss(scores, relevance)) > 0
 True
+>>> from preftune.ranking import get
+>>> loss = get("mw", temperature=0.5)     # any method by name: preftune.ranking.available(), preftune ranking list
 
 =========================================  ===========================================  ==============================
 method (paper)                             module: main entry points                    replaces (benchmarks/ranking/)
@@ -42,12 +44,13 @@ from .ldr import ALDRKLLoss, ldr_kl_loss
 from .mann_whitney import expected_calibration_error, mw_loss, roc_auc
 from .p2c import PreferenceHeads, p2c_loss, preference_targets
 from .pld import kd_loss, pld_loss
+from .registry import available, describe, get
 from .ranklist import listnet_loss, ndcg_at_k, progressive_skip, ranklist_loss, ranknet_loss
 from .saf import SAF, TrajectoryBuffer, trajectory_loss
 from .uniformity import negative_penalty_weights, tolerance, uniformity
 from .unpg import UNPGHead, unpg_loss
 
-__all__ = ["ALDRKLLoss", "AMCLLoss", "DiagGaussian", "DualHead", "DualHeadKDLoss", "GroCoLoss", "ISogCLRLoss",
+__all__ = ["available", "describe", "get", "ALDRKLLoss", "AMCLLoss", "DiagGaussian", "DualHead", "DualHeadKDLoss", "GroCoLoss", "ISogCLRLoss",
            "KnowledgeBase", "PLDSampler", "PreferenceHeads", "SAF", "TrajectoryBuffer", "UNPGHead", "binary_kl",
            "binary_kl_norm", "bpr_loss", "convex_combination", "diff_sort", "expected_calibration_error",
            "fit_posterior", "gaussian_prior", "groco_loss", "hdr", "info_nce", "kd_kl", "kd_loss", "kl_diag",

@@ -9,3 +9,6 @@ from . import reference_layer_states  # noqa: F401  (SparsePO, learned masks fro
 from . import density_ratio  # noqa: F401  (BCO, UDM)
 from . import step_weights  # noqa: F401  (TPO, adaptive step rewards)
 from . import tars  # noqa: F401  (TARS, perturbed forward)
+from . import prompt_logps  # noqa: F401  (ORPO, NLL over the prompt too, as TRL)
+from . import token_states  # noqa: F401  (PPO, value head on the policy's states)
+from . import onpolicy_samples  # noqa: F401  (HyPO, KL on the policy's own samples)

@@ -206,15 +206,18 @@ def _train(cfg: TrainConfig, out: Path, *, model: Any, tokenizer: Any, train_exa
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * max(1, per_epoch // cfg.grad_accum)))
     objective.bind(model)  # e.g. SparsePO's learned mask head, sized by the policy
     state = objective_state(objective).to(device)
+    if hasattr(source, "bind"):  # a rollout source samples from the live policy
+        source.bind(model=model, tokenizer=tokenizer, reference=reference, device=device, config=cfg,
+                    objective=objective)
     params = [p for p in model.parameters() if p.requires_grad] + list(state.parameters())
     optimizer, scheduler = build_optimizer(params, cfg, total)
-    settings = run_settings(cfg)
+    settings = {**run_settings(cfg), **_source_settings(source)}
     run = Run(cfg, model, tokenizer, objective, reference, source, forward, suppliers, state, params, optimizer,
               scheduler, device, eval_items, source.name, {"run_id": run_identity(settings), "run_settings": settings})
 
     start_step = _resume(run, out) if cfg.resume else 0
     log_every = _saved_log_every(out, cfg.log_every)
-    write_config(out, cfg, {
+    write_config(out, cfg, extra=getattr(source, "config_entries", dict)(), info={
         "objective": objective.name, "objective_config": objective.config(), "reference": reference.describe(),
         **source.describe(), "eval_examples": len(eval_items), "skipped_rows": skipped,
         "truncated_rows": truncated, "total_steps": total, "run_id": run.identity["run_id"]})
@@ -238,7 +241,7 @@ def _resume(run: Run, out: Path) -> int:
                               "over (its metrics are discarded), or --overwrite to replace the run")
         print(f"preftune: no checkpoint in {out}; starting from step 0")
         return 0
-    check_same_run(out, cfg, read_state(ck), ck)
+    check_same_run(out, cfg, read_state(ck), ck, extra=_source_settings(run.source), command=_command(run.source))
     saved = load_checkpoint(ck, run.model, run.optimizer, run.scheduler, run.state)
     step = saved["step"]
     run.source.load_state_dict(saved.get("source") or saved)
@@ -249,6 +252,17 @@ def _resume(run: Run, out: Path) -> int:
         print(f"preftune: removed {len(later)} later checkpoint(s) of the abandoned continuation")
     print(f"preftune: resumed from {ck} (step {step})")
     return step
+
+
+def _source_settings(source: Any) -> dict[str, Any]:
+    """Settings of the batch source that make a different run (a rollout source's sampling and reward)."""
+    fn = getattr(source, "run_settings", None)
+    return dict(fn()) if fn is not None else {}
+
+
+def _command(source: Any) -> str:
+    """The command that resumes this run (a rollout source's ``preftune online``)."""
+    return getattr(source, "command", "train")
 
 
 def _given(data: Any) -> bool:
@@ -313,12 +327,13 @@ def _loop(run: Run, out: Path, start_step: int, total: int, callbacks: Sequence[
                 history.append(rec)
                 _io(lambda: append_metrics(metrics_path, rec), f"appending to {metrics_path}")
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec.get('rewards/accuracies', float('nan')):.2f}",
-                            tok_s=f"{rec['tokens_per_second']:.0f}")
+            shown = {"reward": f"{rec['reward']:.3f}"} if "reward" in rec else \
+                {"acc": f"{rec.get('rewards/accuracies', float('nan')):.2f}"}  # online runs show their reward
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", **shown, tok_s=f"{rec['tokens_per_second']:.0f}")
             if intr.requested:
                 _checkpoint(run, out, step)
                 print(f"\npreftune: {intr.requested} received; checkpoint saved at step {step}. "
-                      f"Resume with: preftune train --config {out / 'config.yaml'} --resume")
+                      f"Resume with: preftune {_command(run.source)} --config {out / 'config.yaml'} --resume")
                 interrupted = True
                 break
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
@@ -367,7 +382,7 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], bool]:
                 raise TrainingError(_oom_message(cfg)) from None
             raise
         loss_sum += loss.item() / cfg.grad_accum
-        for k, v in metrics.items():
+        for k, v in {**mb.metrics, **metrics}.items():
             agg[k] = agg.get(k, 0.0) + float(v)
             seen[k] = seen.get(k, 0) + 1
         tokens += int(batch.attention_mask.sum()) if batch.attention_mask.dim() == 2 \

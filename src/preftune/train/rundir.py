@@ -128,19 +128,21 @@ def _diff(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
         return a == b or (k in _PATH_KEYS and isinstance(a, str) and isinstance(b, str) and a and b
                           and Path(a).resolve() == Path(b).resolve())
 
-    keys = [k for k in RUN_KEYS if (k in saved or k in now) and not same(k)]
+    extra = sorted(k for k in {*saved, *now} if k not in RUN_KEYS)  # a batch source's own settings
+    keys = [k for k in (*RUN_KEYS, *extra) if (k in saved or k in now) and not same(k)]
     return [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in keys]
 
 
 def check_same_run(out: Path, cfg: TrainConfig, checkpoint_state: dict[str, Any] | None = None,
-                   checkpoint: Path | None = None) -> None:
+                   checkpoint: Path | None = None, *, extra: dict[str, Any] | None = None,
+                   command: str = "train") -> None:
     """Refuse to resume with other settings: that would silently train a different run under this one's name.
     The checkpoint's recorded identity decides (a checkpoint of another run is refused even when
     ``config.yaml`` was replaced); ``config.yaml`` is compared as well, for the message."""
     import yaml
 
-    now = run_settings(cfg)
-    hint = (f"resume it as it was (preftune train --config {out / 'config.yaml'} --resume) or start a new run in "
+    now = {**run_settings(cfg), **(extra or {})}
+    hint = (f"resume it as it was (preftune {command} --config {out / 'config.yaml'} --resume) or start a new run in "
             "another --output")
     if checkpoint_state is not None:
         saved_id = checkpoint_state.get("run_id")
@@ -196,9 +198,10 @@ def append_metrics(path: Path, rec: dict[str, Any]) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
-def write_config(out: Path, cfg: TrainConfig, info: dict[str, Any]) -> None:
-    """``config.yaml`` (the resolved config) and ``run_info.json`` (what the run found: data, reference, ...)."""
+def write_config(out: Path, cfg: TrainConfig, info: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """``config.yaml`` (the resolved config, plus ``extra`` entries such as an online run's options, so that it is a
+    recipe that reruns the run) and ``run_info.json`` (what the run found: data, reference, ...)."""
     import yaml
 
-    write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(out / "config.yaml", yaml.safe_dump({**cfg.to_dict(), **(extra or {})}, sort_keys=False))
     write_json(out / "run_info.json", info)

@@ -6,13 +6,15 @@ The loop asks a source for the next micro-batch and never assumes the data exist
   epoch; optionally length-grouped), which also owns what only a fixed dataset allows: the
   precomputed-reference cache and the number of steps in an epoch.
 
-A rollout source (generate -> score -> pair or group, for online and self-play training) implements the
-same three methods: ``next()``, ``state_dict()`` and ``load_state_dict()``.
+A rollout source (generate -> score -> pair or group, for online and self-play training:
+:mod:`preftune.online.rollout`) implements the same three methods: ``next()``, ``state_dict()`` and
+``load_state_dict()``, and ``bind(model=, tokenizer=, reference=, device=, config=, objective=)``, which the loop calls
+once the policy is built, to sample from it.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -24,10 +26,12 @@ from ..errors import ConfigError
 
 @dataclass
 class SourceBatch:
-    """A micro-batch: the collated batch (on CPU) and the tokenized examples it was made from."""
+    """A micro-batch: the collated batch (on CPU), the tokenized examples it was made from, and the source's
+    own metrics of it (a rollout source's reward and completion lengths), averaged into the step's record."""
 
     batch: SequenceBatch
     items: Sequence[Any]
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class BatchSource:

@@ -1,0 +1,233 @@
+"""``train_online``: an online run is the trainer's loop with a rollout source and the online forward.
+
+>>> from preftune.train import TrainConfig                                            # doctest: +SKIP
+>>> from preftune.online import OnlineConfig, train_online                            # doctest: +SKIP
+>>> cfg = TrainConfig(model="runs/sft", output="runs/grpo", max_steps=50, batch_size=16, lr=1e-5)  # doctest: +SKIP
+>>> train_online(cfg, OnlineConfig(algo="grpo", task="sort", num_generations=4))     # doctest: +SKIP
+
+Iterative DPO is rounds of offline runs (``round-1/``, ``round-2/``, ... in the output directory): each round
+samples K responses per prompt from the round's starting policy, keeps the best and the worst as a pair
+(``round-t/pairs.jsonl``), and trains DPO on them with that starting policy as the reference. A finished round
+(its ``final/`` exists) is not run again, so ``--resume`` continues at the round that was interrupted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError
+from ..train.config import TrainConfig
+from .config import OnlineConfig
+from .forward import CompletionsLog, OnlineForward
+from .prompts import Prompt, columns_for, load_prompts, task_prompts
+from .rewards import build_reward
+from .rollout import make_source
+
+
+def online_train_config(cfg: TrainConfig, online: OnlineConfig, *, loss_given: bool | None = None) -> TrainConfig:
+    """The trainer config of an online run: the algorithm's objective unless another objective of the same data
+    kind was chosen (the trainer's default ``dpo`` counts as not chosen for group algorithms), and dr_grpo's
+    normaliser from ``max_new_tokens``."""
+    from ..objectives import objective_class
+
+    algo = online.algorithm
+    kind = objective_class(algo.loss).kind if algo.source == "selfplay" else \
+        {"group": "list", "pair": "pair", "rounds": "pair"}[algo.source]
+    loss = cfg.loss
+    if loss_given is None:
+        loss_given = loss != "dpo"
+    if not loss_given:
+        loss = algo.loss
+    cls = objective_class(loss)
+    if cls.kind != kind:
+        raise ConfigError(f"--loss {loss} trains on {cls.kind} data, but --algo {online.algo} makes {kind} batches "
+                          f"(its default: {algo.loss})")
+    if online.num_iterations > 1 and not getattr(cls, "reuses_samples", False):
+        raise ConfigError(f"--num-iterations {online.num_iterations}: objective '{loss}' is on-policy (no importance "
+                          "ratios against the sampler); use 1, or grpo/dapo/bnpo/dr_grpo/ppo")
+    params = dict(cfg.loss_params)
+    if loss != cfg.loss:  # the trainer's default objective replaced: keep the hyperparameters the new one takes
+        accepted = cls.hyperparameters()
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            raise ConfigError(f"objective '{loss}' (--algo {online.algo}) has no hyperparameter "
+                              f"{', '.join(unknown)}; valid: {', '.join(sorted(accepted))}")
+    if loss == "dr_grpo" and not params.get("length_normaliser"):
+        params["length_normaliser"] = online.max_new_tokens
+    return cfg.replace(loss=loss, loss_params=params) if (loss, params) != (cfg.loss, cfg.loss_params) else cfg
+
+
+def load_online_prompts(cfg: TrainConfig, online: OnlineConfig, tokenizer: Any, task: Any) -> tuple[str, list[Prompt]]:
+    if isinstance(online.prompts, list) and online.prompts and all(isinstance(p, Prompt) for p in online.prompts):
+        return "<prompts>", list(online.prompts)  # tokenized already (the arena's)
+    if online.prompts is not None and not (isinstance(online.prompts, str) and not online.prompts):
+        name, prompts, skipped = load_prompts(online.prompts, tokenizer, column=online.prompt_column,
+                                              max_prompt_length=cfg.max_prompt_length,
+                                              truncation=cfg.truncation, on_bad_row=cfg.on_bad_row)
+        if skipped:
+            print(f"preftune: skipped bad prompt rows ({sum(skipped.values())}): "
+                  + ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
+        return name, prompts
+    if task is None:
+        raise ConfigError("no prompts: give --prompts FILE (or --task NAME to sample the task's prompts)")
+    return task_prompts(task, tokenizer, online.task_prompts, cfg.seed)
+
+
+def train_online(cfg: TrainConfig, online: OnlineConfig, *, model: Any = None, tokenizer: Any = None,
+                 reward_functions: Sequence[Callable[..., Any]] = (), callbacks: Sequence[Any] = (),
+                 loss_given: bool | None = None) -> Any:
+    """Run ``online.algo`` and return the trainer's :class:`~preftune.train.loop.RunResult` (iterative DPO: the
+    last round's, with every round's history). ``reward_functions``: Python reward functions besides the
+    config's (called as TRL calls them: ``fn(prompts=, completions=, **columns)``)."""
+    from ..train.loop import train
+    from ..train.setup import load_tokenizer_for, pick_device
+
+    cfg = online_train_config(cfg, online, loss_given=loss_given)
+    if cfg.ref == "precomputed":
+        raise ConfigError("--ref precomputed needs a fixed dataset; an online run samples its own: use --ref model")
+    tokenizer = load_tokenizer_for(cfg, tokenizer)
+    if not (online.reward_fn or online.reward_model or online.task or online.preference_fn or reward_functions):
+        raise ConfigError("no reward: give --reward-fn FILE.py:FN, --reward-model DIR, --task NAME or --preference-fn")
+    task = _task(online)
+    name, prompts = load_online_prompts(cfg, online, tokenizer, task)
+    reward = None
+    if online.reward_fn or online.reward_model or online.task or reward_functions:
+        reward = build_reward(reward_fn=online.reward_fn, reward_model=online.reward_model, task=task,
+                              weights=online.reward_weights or None, functions=reward_functions,
+                              max_length=cfg.max_length or 1024, device=pick_device(cfg.device), dtype=cfg.dtype)
+    elif online.algorithm.source == "group":
+        raise ConfigError(f"{online.algo} needs a reward: --reward-fn, --reward-model or --task")
+    if online.algorithm.source == "selfplay":
+        from .selfplay import train_selfplay
+
+        return train_selfplay(cfg, online, prompts, reward, model=model, tokenizer=tokenizer, callbacks=callbacks)
+    if online.algorithm.source == "rounds":
+        return _iterative(cfg, online, prompts, reward, model=model, tokenizer=tokenizer, callbacks=callbacks)
+    k = online.k
+    if online.algorithm.source == "group":
+        if cfg.batch_size % k:
+            raise ConfigError(f"--batch-size {cfg.batch_size} counts completions (as TRL's GRPO): it must be a "
+                              f"multiple of --num-generations {k}")
+        per_batch = cfg.batch_size // k
+    else:
+        per_batch = cfg.batch_size  # pairs (prompts), as TRL's OnlineDPO
+    source = make_source(online, prompts, reward, tokenizer=tokenizer, layout=cfg.layout, batch_prompts=per_batch,
+                         grad_accum=cfg.grad_accum, seed=cfg.seed, chunk_size=cfg.chunk_size, log_dir=cfg.output,
+                         name=name)
+    source.batches_per_epoch = math.ceil(len(prompts) / per_batch) * online.num_iterations  # type: ignore[attr-defined]
+    return train(cfg, model=model, tokenizer=tokenizer, source=source, forward=OnlineForward(source),
+                 callbacks=[*callbacks, CompletionsLog(source)])
+
+
+def _task(online: OnlineConfig) -> Any:
+    if not online.task:
+        return None
+    from ..arena.tasks import get_task
+
+    return get_task(online.task)
+
+
+# ----------------------------------------------------------------------------- iterative DPO
+
+
+def _iterative(cfg: TrainConfig, online: OnlineConfig, prompts: list[Prompt], reward: Any, *, model: Any,
+               tokenizer: Any, callbacks: Sequence[Any]) -> Any:
+    from ..data.types import TokenizedPair
+    from ..io import atomic_path, write_text
+    from ..kinds import get_kind
+    from ..models.generate import generate
+    from ..models.loading import load_model
+    from ..train.loop import train
+    from ..train.setup import pick_device
+    from ..train.sources import OfflineSource
+
+    out = Path(cfg.output)
+    if not cfg.save_final:
+        raise ConfigError("iterative_dpo starts each round from the previous round's final/: do not turn off save_final")
+    rounds = sorted(out.glob("round-*")) if out.is_dir() else []
+    if rounds and not cfg.resume:
+        if not cfg.overwrite:
+            raise ConfigError(f"{out} holds the rounds of an earlier run ({', '.join(p.name for p in rounds)}); pass "
+                              "--resume to continue it or --overwrite to start over")
+        for p in [*rounds, out / "final", out / "rounds.json"]:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        print(f"preftune: --overwrite: removed the earlier run's {len(rounds)} round(s) from {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    history: list[dict[str, Any]] = []
+    result = None
+    policy_path: str | None = cfg.model or None
+    policy = model
+    summary = []
+    for t in range(1, online.rounds + 1):
+        rdir = out / f"round-{t}"
+        if (rdir / "final").is_dir():  # finished earlier: resume goes on with the next round
+            policy_path, policy = str(rdir / "final"), None
+            summary.append(_read_round(rdir))
+            continue
+        if policy is None:
+            if policy_path is None:
+                raise ConfigError("iterative_dpo needs --model (or a model in memory)")
+            policy = load_model(policy_path, device=device)
+        pairs_path = rdir / "pairs.jsonl"
+        if not pairs_path.exists():
+            gens = generate(policy, tokenizer, [p.ids for p in prompts], n=online.k,
+                            max_new_tokens=online.max_new_tokens, temperature=online.temperature, top_p=online.top_p,
+                            top_k=online.top_k, seed=cfg.seed * 1_000_003 + t, batch_size=online.generation_batch_size,
+                            progress=cfg.progress)
+            texts = tokenizer.batch_decode([g.response_ids for g in gens], skip_special_tokens=True)
+            k = online.k
+            total, _ = reward.parts([p.text for p in prompts for _ in range(k)], texts, columns_for(prompts, k),
+                                    step=t, on_bad=online.on_bad_reward, skipped={})
+            rows, ties = [], 0
+            for i, p in enumerate(prompts):
+                scored = [(total[i * k + j], j) for j in range(k) if total[i * k + j] is not None]
+                if len(scored) < 2 or max(scored)[0] == min(scored)[0]:
+                    ties += 1
+                    continue
+                (sc, c), (sr, r) = max(scored), min(scored)
+                rows.append({"prompt": p.raw, "chosen": texts[i * k + c], "rejected": texts[i * k + r],
+                             "score_chosen": sc, "score_rejected": sr, "prompt_ids": p.ids,
+                             "chosen_ids": gens[i * k + c].response_ids, "rejected_ids": gens[i * k + r].response_ids})
+            if not rows:
+                raise ConfigError(f"iterative_dpo round {t}: every prompt's {k} samples tied; no pair to train on")
+            rdir.mkdir(parents=True, exist_ok=True)
+            write_text(pairs_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            xs = [x for x in total if x is not None]
+            write_text(rdir / "round.json", json.dumps({"round": t, "pairs": len(rows), "ties_dropped": ties,
+                                                        "reward_mean": sum(xs) / len(xs) if xs else None}))
+            print(f"preftune: iterative_dpo round {t}: {len(rows)} pairs from {len(prompts)} prompts "
+                  f"({ties} all-tie prompts dropped), sampled reward {sum(xs) / max(1, len(xs)):.4f}")
+        # the pairs as sampled, token for token (decoding and re-encoding text need not give the same ids)
+        items = [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], row=i + 1)
+                 for i, r in enumerate(json.loads(x) for x in pairs_path.read_text(encoding="utf-8").splitlines())]
+        kind = get_kind("pair")
+        source = OfflineSource(items, kind, kind.collator(cfg.layout, tokenizer.pad_token_id), batch_size=cfg.batch_size,
+                               seed=cfg.seed + t, group_by_length=cfg.group_by_length, name=str(pairs_path))
+        rcfg = cfg.replace(data="", output=str(rdir), model=policy_path or cfg.model, ref_model=None,
+                           resume=bool(cfg.resume) and (rdir / "checkpoints").is_dir())
+        result = train(rcfg, model=policy if policy_path is None else None, tokenizer=tokenizer,
+                       callbacks=callbacks, source=source)
+        history += [{**r, "round": t} for r in result.history]
+        policy_path, policy = str(rdir / "final"), None
+        summary.append(_read_round(rdir))
+    write_text(out / "rounds.json", json.dumps(summary, indent=2))
+    if policy_path and Path(policy_path) != out / "final":
+        with atomic_path(out / "final", is_dir=True) as tmp:
+            shutil.copytree(policy_path, tmp, dirs_exist_ok=True)
+    if result is not None:
+        result.history = history
+    return result
+
+
+def _read_round(rdir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((rdir / "round.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {"round": rdir.name}
+
+
+__all__ = ["load_online_prompts", "online_train_config", "train_online"]
