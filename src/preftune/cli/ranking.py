@@ -42,7 +42,9 @@ def run_list(args: argparse.Namespace) -> int:
 
     for name in ([args.name] if args.name else available()):
         d = describe(name)
-        hp = ", ".join(f"{k}={v!r}" if v is not None else f"{k} (required)" for k, v in d["hyperparameters"].items())
+        from ..ranking.registry import REQUIRED
+
+        hp = ", ".join(f"{k} (required)" if v == REQUIRED else f"{k}={v!r}" for k, v in d["hyperparameters"].items())
         print(f"{name:13s} {d['paper']}")
         print(f"{'':13s}   inputs: {d['inputs']} ({d['kind']})")
         print(f"{'':13s}   hyperparameters: {hp or 'none'}" + (f"; replaces: {d['replaces']}" if d["replaces"] else ""))

@@ -12,10 +12,7 @@ samples K responses per prompt from the round's starting policy, keeps the best 
 """
 from __future__ import annotations
 
-import json
 import math
-import shutil
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
@@ -136,98 +133,42 @@ def _task(online: OnlineConfig) -> Any:
 def _iterative(cfg: TrainConfig, online: OnlineConfig, prompts: list[Prompt], reward: Any, *, model: Any,
                tokenizer: Any, callbacks: Sequence[Any]) -> Any:
     from ..data.types import TokenizedPair
-    from ..io import atomic_path, write_text
-    from ..kinds import get_kind
     from ..models.generate import generate
-    from ..models.loading import load_model
-    from ..train.loop import train
-    from ..train.setup import pick_device
-    from ..train.sources import OfflineSource
+    from .rounds import run_rounds
 
-    out = Path(cfg.output)
-    if not cfg.save_final:
-        raise ConfigError("iterative_dpo starts each round from the previous round's final/: do not turn off save_final")
-    rounds = sorted(out.glob("round-*")) if out.is_dir() else []
-    if rounds and not cfg.resume:
-        if not cfg.overwrite:
-            raise ConfigError(f"{out} holds the rounds of an earlier run ({', '.join(p.name for p in rounds)}); pass "
-                              "--resume to continue it or --overwrite to start over")
-        for p in [*rounds, out / "final", out / "rounds.json"]:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        print(f"preftune: --overwrite: removed the earlier run's {len(rounds)} round(s) from {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
-    history: list[dict[str, Any]] = []
-    result = None
-    policy_path: str | None = cfg.model or None
-    policy = model
-    summary = []
-    for t in range(1, online.rounds + 1):
-        rdir = out / f"round-{t}"
-        if (rdir / "final").is_dir():  # finished earlier: resume goes on with the next round
-            policy_path, policy = str(rdir / "final"), None
-            summary.append(_read_round(rdir))
-            continue
-        if policy is None:
-            if policy_path is None:
-                raise ConfigError("iterative_dpo needs --model (or a model in memory)")
-            policy = load_model(policy_path, device=device)
-        pairs_path = rdir / "pairs.jsonl"
-        if not pairs_path.exists():
-            gens = generate(policy, tokenizer, [p.ids for p in prompts], n=online.k,
-                            max_new_tokens=online.max_new_tokens, temperature=online.temperature, top_p=online.top_p,
-                            top_k=online.top_k, seed=cfg.seed * 1_000_003 + t, batch_size=online.generation_batch_size,
-                            progress=cfg.progress)
-            texts = tokenizer.batch_decode([g.response_ids for g in gens], skip_special_tokens=True)
-            k = online.k
-            total, _ = reward.parts([p.text for p in prompts for _ in range(k)], texts, columns_for(prompts, k),
-                                    step=t, on_bad=online.on_bad_reward, skipped={})
-            rows, ties = [], 0
-            for i, p in enumerate(prompts):
-                scored = [(total[i * k + j], j) for j in range(k) if total[i * k + j] is not None]
-                if len(scored) < 2 or max(scored)[0] == min(scored)[0]:
-                    ties += 1
-                    continue
-                (sc, c), (sr, r) = max(scored), min(scored)
-                rows.append({"prompt": p.raw, "chosen": texts[i * k + c], "rejected": texts[i * k + r],
-                             "score_chosen": sc, "score_rejected": sr, "prompt_ids": p.ids,
-                             "chosen_ids": gens[i * k + c].response_ids, "rejected_ids": gens[i * k + r].response_ids})
-            if not rows:
-                raise ConfigError(f"iterative_dpo round {t}: every prompt's {k} samples tied; no pair to train on")
-            rdir.mkdir(parents=True, exist_ok=True)
-            write_text(pairs_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            xs = [x for x in total if x is not None]
-            write_text(rdir / "round.json", json.dumps({"round": t, "pairs": len(rows), "ties_dropped": ties,
-                                                        "reward_mean": sum(xs) / len(xs) if xs else None}))
-            print(f"preftune: iterative_dpo round {t}: {len(rows)} pairs from {len(prompts)} prompts "
-                  f"({ties} all-tie prompts dropped), sampled reward {sum(xs) / max(1, len(xs)):.4f}")
+    k = online.k
+
+    def make_rows(t: int, policy: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        gens = generate(policy, tokenizer, [p.ids for p in prompts], n=k, max_new_tokens=online.max_new_tokens,
+                        temperature=online.temperature, top_p=online.top_p, top_k=online.top_k,
+                        seed=cfg.seed * 1_000_003 + t, batch_size=online.generation_batch_size, progress=cfg.progress)
+        texts = tokenizer.batch_decode([g.response_ids for g in gens], skip_special_tokens=True)
+        total, _ = reward.parts([p.text for p in prompts for _ in range(k)], texts, columns_for(prompts, k),
+                                step=t, on_bad=online.on_bad_reward, skipped={})
+        rows, ties = [], 0
+        for i, p in enumerate(prompts):
+            scored = [(total[i * k + j], j) for j in range(k) if total[i * k + j] is not None]
+            if len(scored) < 2 or max(scored)[0] == min(scored)[0]:
+                ties += 1
+                continue
+            (sc, c), (sr, r) = max(scored), min(scored)
+            rows.append({"prompt": p.raw, "chosen": texts[i * k + c], "rejected": texts[i * k + r],
+                         "score_chosen": sc, "score_rejected": sr, "prompt_ids": p.ids,
+                         "chosen_ids": gens[i * k + c].response_ids, "rejected_ids": gens[i * k + r].response_ids})
+        if not rows:
+            raise ConfigError(f"iterative_dpo round {t}: every prompt's {k} samples tied; no pair to train on")
+        xs = [x for x in total if x is not None]
+        return rows, {"pairs": len(rows), "prompts": len(prompts), "ties_dropped": ties,
+                      "reward_mean": sum(xs) / len(xs) if xs else float("nan")}
+
+    def make_items(rows: list[dict[str, Any]]) -> list[Any]:
         # the pairs as sampled, token for token (decoding and re-encoding text need not give the same ids)
-        items = [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], row=i + 1)
-                 for i, r in enumerate(json.loads(x) for x in pairs_path.read_text(encoding="utf-8").splitlines())]
-        kind = get_kind("pair")
-        source = OfflineSource(items, kind, kind.collator(cfg.layout, tokenizer.pad_token_id), batch_size=cfg.batch_size,
-                               seed=cfg.seed + t, group_by_length=cfg.group_by_length, name=str(pairs_path))
-        rcfg = cfg.replace(data="", output=str(rdir), model=policy_path or cfg.model, ref_model=None,
-                           resume=bool(cfg.resume) and (rdir / "checkpoints").is_dir())
-        result = train(rcfg, model=policy if policy_path is None else None, tokenizer=tokenizer,
-                       callbacks=callbacks, source=source)
-        history += [{**r, "round": t} for r in result.history]
-        policy_path, policy = str(rdir / "final"), None
-        summary.append(_read_round(rdir))
-    write_text(out / "rounds.json", json.dumps(summary, indent=2))
-    if policy_path and Path(policy_path) != out / "final":
-        with atomic_path(out / "final", is_dir=True) as tmp:
-            shutil.copytree(policy_path, tmp, dirs_exist_ok=True)
-    if result is not None:
-        result.history = history
-    return result
+        return [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], row=i + 1)
+                for i, r in enumerate(rows)]
 
-
-def _read_round(rdir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((rdir / "round.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {"round": rdir.name}
+    return run_rounds(cfg, online.rounds, name="iterative_dpo", kind="pair", data_file="pairs.jsonl",
+                      make_rows=make_rows, make_items=make_items, model=model, tokenizer=tokenizer,
+                      callbacks=callbacks)
 
 
 __all__ = ["load_online_prompts", "online_train_config", "train_online"]

@@ -44,12 +44,9 @@ not run again (``--resume``). INPO's ``pi_ref`` (the first round's starting poli
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -234,14 +231,10 @@ def train_selfplay(cfg: Any, online: Any, prompts: list[Any], reward_or_preferen
     a reward source with ``.parts`` (``preftune.online.rewards.build_reward``); ``online.preference_fn`` (a
     ``FILE.py:FN``) takes precedence over both. ``prompts``: tokenized :class:`~preftune.online.prompts.Prompt`."""
     from ..data.types import TokenizedPair, TokenizedRanked
-    from ..io import atomic_path, write_text
-    from ..kinds import get_kind
     from ..models.loading import load_model
     from ..objectives import objective_class
-    from ..train.loop import train
-    from ..train.setup import pick_device
-    from ..train.sources import OfflineSource
     from .rewards import load_reward_fn
+    from .rounds import run_rounds
 
     loss = cfg.loss if cfg.loss != "dpo" else online.algo
     kind = objective_class(loss).kind
@@ -261,63 +254,26 @@ def train_selfplay(cfg: Any, online: Any, prompts: list[Any], reward_or_preferen
     k = online.k
     if k < 2:
         raise ConfigError(f"self-play compares samples with each other: num_generations must be >= 2, got {k}")
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
-    history: list[dict[str, Any]] = []
-    result = None
-    policy_path: str | None = cfg.model or None
-    policy = model
     # INPO's pi_ref: the first round's starting policy, kept apart from the policy trained in place
-    ref0: Any = None if kind == "list" else (copy.deepcopy(model) if model is not None else None)
-    summary = []
-    for t in range(1, online.rounds + 1):
-        rdir = out / f"round-{t}"
-        if (rdir / "final").is_dir():  # finished earlier: resume goes on with the next round
-            policy_path, policy = str(rdir / "final"), None
-            summary.append(_read_round(rdir))
-            continue
-        if policy is None:
-            if policy_path is None:
-                raise ConfigError(f"{loss} rounds need --model (or a model in memory)")
-            policy = load_model(policy_path, device=device)
-        data_path = rdir / ("samples.jsonl" if kind == "list" else "pairs.jsonl")
-        if not data_path.exists():
-            if kind == "pair" and ref0 is None:
-                ref0 = load_model(cfg.model, device=device) if cfg.model else copy.deepcopy(policy)
-            rows, info = _make_round(cfg, online, prompts, policy, tokenizer, prefer, reward, kind, t, ref0)
-            rdir.mkdir(parents=True, exist_ok=True)
-            write_text(data_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            write_text(rdir / "round.json", json.dumps({"round": t, "algo": loss, **info}))
-            print(f"preftune: {loss} round {t}: " + ", ".join(f"{a} {b:.4g}" if isinstance(b, float) else f"{a} {b}"
-                                                               for a, b in info.items()))
-        rows = [json.loads(x) for x in data_path.read_text(encoding="utf-8").splitlines()]
+    ref0: list[Any] = [None if kind == "list" else (copy.deepcopy(model) if model is not None else None)]
+
+    def make_rows(t: int, policy: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        if kind == "pair" and ref0[0] is None:
+            ref0[0] = load_model(cfg.model, device=next(policy.parameters()).device) if cfg.model \
+                else copy.deepcopy(policy)
+        return _make_round(cfg, online, prompts, policy, tokenizer, prefer, reward, kind, t, ref0[0])
+
+    def make_items(rows: list[dict[str, Any]]) -> list[Any]:
         if kind == "list":
-            items: list[Any] = [TokenizedRanked(r["prompt_ids"], r["completion_ids"],
-                                                [math.nan if s is None else s for s in r["win_rates"]], row=i + 1)
-                                for i, r in enumerate(rows)]
-        else:
-            items = [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], row=i + 1,
-                                   extras={"margin": r["ref_logratio"]}) for i, r in enumerate(rows)]
-        dk = get_kind(kind)
-        layout = cfg.layout if cfg.layout in ("auto", *dk.collators) else "auto"
-        source = OfflineSource(items, dk, dk.collator(layout, tokenizer.pad_token_id), batch_size=cfg.batch_size,
-                               seed=cfg.seed + t, group_by_length=cfg.group_by_length, name=str(data_path))
-        # the trainer's reference is the round's starting model: pi_t
-        rcfg = cfg.replace(data="", output=str(rdir), model=policy_path or cfg.model, ref_model=None,
-                           resume=bool(cfg.resume) and (rdir / "checkpoints").is_dir())
-        result = train(rcfg, model=policy if policy_path is None else None, tokenizer=tokenizer,
-                       callbacks=callbacks, source=source)
-        history += [{**r, "round": t} for r in result.history]
-        policy_path, policy = str(rdir / "final"), None
-        summary.append(_read_round(rdir))
-    write_text(out / "rounds.json", json.dumps(summary, indent=2))
-    if policy_path and Path(policy_path) != out / "final":
-        with atomic_path(out / "final", is_dir=True) as tmp:
-            shutil.copytree(policy_path, tmp, dirs_exist_ok=True)
-    if result is not None:
-        result.history = history
-    return result
+            return [TokenizedRanked(r["prompt_ids"], r["completion_ids"],
+                                    [math.nan if s is None else s for s in r["win_rates"]], row=i + 1)
+                    for i, r in enumerate(rows)]
+        return [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], row=i + 1,
+                              extras={"margin": r["ref_logratio"]}) for i, r in enumerate(rows)]
+
+    return run_rounds(cfg, online.rounds, name=loss, kind=kind,
+                      data_file="samples.jsonl" if kind == "list" else "pairs.jsonl", make_rows=make_rows,
+                      make_items=make_items, model=model, tokenizer=tokenizer, callbacks=callbacks)
 
 
 def _make_round(cfg: Any, online: Any, prompts: list[Any], policy: Any, tokenizer: Any, prefer: Any, reward: Any,
@@ -380,13 +336,6 @@ def _pair_logratios(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg:
             sums = sequence_logps(model, batch, chunk_size=cfg.chunk_size).sums.float().cpu()
         out += (sums[:len(part)] - sums[len(part):]).tolist()
     return out
-
-
-def _read_round(rdir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((rdir / "round.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {"round": rdir.name}
 
 
 __all__ = ["INPO", "SPPO", "inpo_h", "inpo_loss", "judge_pairs", "preference_matrices", "sppo_loss",

@@ -71,7 +71,6 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 10) 
     if p.numel() == 0 or (p < 0).any() or (p > 1).any():
         raise ConfigError("probs must be a non-empty tensor of values in [0, 1]")
     b = (p * n_bins).long().clamp(max=n_bins - 1)
-    cnt = torch.zeros(n_bins, dtype=torch.double).index_add_(0, b, torch.ones_like(p))
     conf = torch.zeros(n_bins, dtype=torch.double).index_add_(0, b, p)
     acc = torch.zeros(n_bins, dtype=torch.double).index_add_(0, b, y)
     return ((acc - conf).abs() / p.numel()).sum()

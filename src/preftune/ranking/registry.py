@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from ..errors import ConfigError
 
+REQUIRED = "<required>"  # a hyperparameter without a default (a size the module needs)
+
 
 @dataclass(frozen=True)
 class Method:
@@ -36,7 +38,8 @@ class Method:
         return inspect.isclass(self.obj())
 
     def hyperparameters(self) -> dict[str, Any]:
-        """Name -> default of every keyword the method takes besides its tensor inputs (required ones: None)."""
+        """Name -> default of every keyword the method takes besides its tensor inputs (:data:`REQUIRED` when it
+        has none)."""
         o = self.obj()
         sig = inspect.signature(o.__init__ if inspect.isclass(o) else o)
         out = {}
@@ -44,7 +47,7 @@ class Method:
             if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 continue
             if inspect.isclass(o) or p.kind == p.KEYWORD_ONLY:
-                out[p.name] = None if p.default is p.empty else p.default
+                out[p.name] = REQUIRED if p.default is p.empty else p.default
         return out
 
 
@@ -110,8 +113,7 @@ def get(name: str, **hyperparameters: Any) -> Callable[..., Any]:
                           f"valid: {', '.join(accepted) or 'none'}")
     o = m.obj()
     if inspect.isclass(o):
-        missing = [k for k, v in accepted.items() if v is None and k not in hyperparameters
-                   and inspect.signature(o.__init__).parameters[k].default is inspect.Parameter.empty]
+        missing = [k for k, v in accepted.items() if v == REQUIRED and k not in hyperparameters]
         if missing:
             raise ConfigError(f"ranking method '{name}' needs {', '.join(missing)} (e.g. get('{name}', "
                               f"{missing[0]}=...))")
