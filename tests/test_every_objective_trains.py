@@ -18,7 +18,9 @@ from conftest import arithmetic_rows
 def _examples(kind: str):
     rows = arithmetic_rows(8, seed=5)
     if kind == "pair":
-        return [PairExample(r["prompt"], r["chosen"], r["rejected"], row=i, extras={"margin": 1.0 + i % 2})
+        # margin (MADPO, GPO, ...) and a preference strength (P67's reward-model objectives; some pairs weak)
+        return [PairExample(r["prompt"], r["chosen"], r["rejected"], row=i,
+                            extras={"margin": 1.0 + i % 2, "strength": 0.8 - 0.5 * (i % 3), "strength_std": 0.1})
                 for i, r in enumerate(rows)]
     if kind == "unpaired":
         return [UnpairedExample(r["prompt"], r["chosen"] if i % 2 else r["rejected"], bool(i % 2), row=i)

@@ -94,7 +94,7 @@ class CausalLMWithValueHead(nn.Module):
             self.pretrained_model = apply_lora(self.pretrained_model, lora)
         return self
 
-    def save_pretrained(self, directory: str | Path, safe_serialization: bool = True, **_: Any) -> None:
+    def save_pretrained(self, directory: str | Path, safe_serialization=True, **_: Any) -> None:  # only safetensors
         """The body (merged under LoRA, its adapter in ``adapter/``) and ``value_head.safetensors``.
 
         Called by the trainer's ``save_final`` inside its atomic temporary directory."""
