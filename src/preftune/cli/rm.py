@@ -105,15 +105,12 @@ def _recipe_keys(path: str | None) -> set[str]:
     return set(d) if isinstance(d, dict) else set()
 
 
-def run_score(args: argparse.Namespace) -> int:
+def read_scoring_rows(path: str) -> tuple[str, list[dict], list[str], list[str]]:
+    """(name, rows, prompts, responses) of a JSONL of {prompt, response} rows (``completion`` or ``chosen`` as the
+    response); a row without them is a one-line error naming file, row and field."""
     from ..data.records import read_records, record_fields, required_text
-    from ..errors import ConfigError
-    from ..io import write_text
-    from ..reward import RewardModel
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    name, records = read_records(args.data)
+    name, records = read_records(path)
     rows, prompts, responses = [], [], []
     for rec in records:
         d = record_fields(rec)
@@ -121,14 +118,31 @@ def run_score(args: argparse.Namespace) -> int:
         responses.append(required_text(rec, "response",
                                        next((d[k] for k in ("response", "completion", "chosen") if k in d), None)))
         rows.append(d)
-    rm = RewardModel.from_pretrained(args.model, max_length=args.max_length, batch_size=args.batch_size)
-    scores = rm.score(prompts, responses).tolist()
-    text = "".join(json.dumps({**r, "score": s}, ensure_ascii=False) + "\n" for r, s in zip(rows, scores))
-    if args.output:
-        write_text(args.output, text)
-        print(f"preftune: scored {len(rows)} rows of {name} -> {args.output}", file=sys.stderr)
+    return name, rows, prompts, responses
+
+
+def write_scored_rows(output: str | None, name: str, rows: list[dict]) -> None:
+    """The scored rows as JSONL, to ``output`` (atomically) or stdout."""
+    from ..io import write_text
+
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if output:
+        write_text(output, text)
+        print(f"preftune: scored {len(rows)} rows of {name} -> {output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..reward import RewardModel
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    name, rows, prompts, responses = read_scoring_rows(args.data)
+    rm = RewardModel.from_pretrained(args.model, max_length=args.max_length, batch_size=args.batch_size)
+    scores = rm.score(prompts, responses).tolist()
+    write_scored_rows(args.output, name, [{**r, "score": s} for r, s in zip(rows, scores)])
     return 0
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 
 def add_parser(rsub: argparse._SubParsersAction) -> None:
@@ -37,10 +35,9 @@ def add_parser(rsub: argparse._SubParsersAction) -> None:
 def run_cdr_score(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..data.records import read_records, record_fields, required_text
     from ..errors import ConfigError
-    from ..io import write_text
     from ..reward.density_ratio import DensityRatioReward
+    from .rm import read_scoring_rows, write_scored_rows
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -50,14 +47,7 @@ def run_cdr_score(args: argparse.Namespace) -> int:
             criteria = Path(args.criteria_file).read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"{args.criteria_file}: cannot read the criteria ({e.strerror})") from None
-    name, records = read_records(args.data)
-    rows, prompts, responses = [], [], []
-    for rec in records:
-        d = record_fields(rec)
-        prompts.append(required_text(rec, "prompt", d.get("prompt")))
-        responses.append(required_text(rec, "response",
-                                       next((d[k] for k in ("response", "completion", "chosen") if k in d), None)))
-        rows.append(d)
+    name, rows, prompts, responses = read_scoring_rows(args.data)
     scorer = DensityRatioReward.from_pretrained(args.strong, args.weak, device=args.device, criteria=criteria,
                                                 criteria_for_weak=args.criteria_for_weak, reduction=args.reduction,
                                                 max_length=args.max_length, batch_size=args.batch_size)
@@ -67,11 +57,6 @@ def run_cdr_score(args: argparse.Namespace) -> int:
         extra = {"score": float(parts["reward"][i])}
         if args.components:
             extra.update(logp_strong=float(parts["strong"][i]), logp_weak=float(parts["weak"][i]))
-        out.append(json.dumps({**r, **extra}, ensure_ascii=False) + "\n")
-    text = "".join(out)
-    if args.output:
-        write_text(args.output, text)
-        print(f"preftune: scored {len(rows)} rows of {name} -> {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+        out.append({**r, **extra})
+    write_scored_rows(args.output, name, out)
     return 0
