@@ -209,3 +209,25 @@ def test_value_head_resume_is_bitwise_and_lora_trains_body_adapters_and_head(tin
     assert res.history[-1]["loss"] < res.history[0]["loss"]
     assert (res.final_dir / "adapter").is_dir() and (res.final_dir / VALUE_HEAD_FILE).is_file()
     assert isinstance(load_value_head_model(res.final_dir), CausalLMWithValueHead)
+
+
+def test_rm_train_reward_head_value_from_the_command_line(tiny_dir, tmp_path):
+    """`preftune rm train --reward-head value`, then `rm score` and `rm eval` on its final/ (value_head.safetensors)."""
+    import json
+
+    from conftest import arithmetic_rows
+    from preftune.cli.main import main
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_rows(16, seed=2)))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["chosen"]}) + "\n"
+                            for r in arithmetic_rows(3, seed=3)))
+    out = tmp_path / "rm"
+    assert main(["--no-progress", "rm", "train", "--model", str(tiny_dir), "--data", str(pairs), "--output", str(out),
+                 "--reward-head", "value", "--max-steps", "2", "--batch-size", "8", "--lr", "1e-3"]) == 0
+    assert (out / "final" / "value_head.safetensors").is_file()
+    scored = tmp_path / "scored.jsonl"
+    assert main(["rm", "score", "--model", str(out / "final"), "--data", str(rows), "--output", str(scored)]) == 0
+    assert [sorted(json.loads(x)) for x in scored.read_text().splitlines()] == [["prompt", "response", "score"]] * 3
+    assert main(["rm", "eval", "--model", str(out / "final"), "--data", str(pairs)]) == 0
