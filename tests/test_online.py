@@ -105,6 +105,18 @@ def test_iterative_dpo_runs_rounds_with_the_previous_policy_as_reference(sft, tm
 
 
 @pytest.mark.slow
+def test_rso_round_pairs_accepted_candidates_and_trains(sft, tmp_path):
+    out = tmp_path / "rso"
+    train_online(_cfg(sft, out, max_steps=4, batch_size=8, loss="hinge"),
+                 OnlineConfig(algo="rso", task="letter_e", task_prompts=24, num_generations=6, max_new_tokens=3,
+                              rounds=1, rso_beta=2.0), loss_given=True)
+    rows = [json.loads(x) for x in (out / "round-1" / "pairs.jsonl").read_text().splitlines()]
+    assert rows and all(r["score_chosen"] > r["score_rejected"] for r in rows)
+    assert json.loads((out / "round-1" / "round.json").read_text())["algo"] == "rso"
+    assert (out / "final").is_dir()
+
+
+@pytest.mark.slow
 def test_resume_mid_run_gives_the_same_samples_and_losses(sft, tmp_path):
     a = tmp_path / "a"
     online = OnlineConfig(algo="grpo", task="letter_e", num_generations=4, max_new_tokens=3, num_iterations=2)

@@ -292,3 +292,25 @@ def test_padded_list_entries_change_nothing(name):
         return pol.grad[0, :2, 0]
 
     assert torch.allclose(run(3), run(2))
+
+
+# ----------------------------------------------------------------------------- RSO (P34)
+
+
+def test_rso_rejection_sampling_by_hand():
+    import random as _r
+
+    from preftune.online.rso import rso_accept
+
+    # two candidates, r0 < r1: a pass visits them in random order and accepts r1 surely, r0 with
+    # p = exp((r0 - r1) / beta); so r0 is accepted first with probability p / 2
+    beta, r = 0.5, [0.0, 0.5]
+    p = math.exp((r[0] - r[1]) / beta)
+    rng = _r.Random(0)
+    firsts = [rso_accept(r, 1, beta, rng)[0] for _ in range(20000)]
+    assert sum(f == 0 for f in firsts) / 20000 == pytest.approx(p / 2, abs=0.01)
+    # a tiny beta is best-of-K, in order; unscored candidates are never accepted; m beyond the pool: all scored ones
+    assert rso_accept([0.1, 0.9, 0.5], 2, 1e-6, _r.Random(1)) == [1, 2]
+    assert sorted(rso_accept([None, 0.2, None, 0.1], 5, 1.0, _r.Random(2))) == [1, 3]
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        rso_accept([0.0], 1, 0.0, _r.Random(0))

@@ -34,7 +34,8 @@ ONLINE_HELP = {
     "on_bad_reward": "error (default): a reward that is NaN, the wrong count or raises stops the run with the step "
                      "and prompt; skip: such completions get no score (advantage 0) and are counted",
     "log_completions": "write every completion to OUTPUT/completions.jsonl",
-    "rounds": "iterative_dpo: rounds of generate -> label -> train",
+    "rounds": "iterative_dpo, rso, sppo, inpo: rounds of generate -> label -> train",
+    "rso_beta": "rso: beta of the rejection sampler's target pi_sft exp(r / beta) (small: nearly best-of-K)",
 }
 
 

@@ -45,6 +45,9 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("iterative_dpo", "rounds", "dpo", 4,
               "iterative DPO (Xu et al. 2023; Xiong et al. 2024): rounds of generate K -> best/worst pair -> "
               "offline DPO with the round's starting policy as reference"),
+    Algorithm("rso", "rounds", "dpo", 8,
+              "RSO (P34, Liu et al. 2024): rounds of K candidates, two accepted by statistical rejection sampling "
+              "towards pi exp(r / beta) (--rso-beta), the better one chosen; --loss dpo (sigmoid) or hinge"),
     Algorithm("sppo", "selfplay", "sppo", 4,
               "SPPO (P61, Wu et al. 2024): rounds of K samples of pi_t, each one's win rate against the others "
               "by --preference-fn (or a reward, as Bradley-Terry), squared loss to eta (win rate - 1/2)"),
@@ -74,7 +77,8 @@ class OnlineConfig:
     generation_batch_size: int = 64      # sequences per model.generate call
     on_bad_reward: str = "error"
     log_completions: bool = True
-    rounds: int = 3                      # iterative_dpo
+    rounds: int = 3                      # iterative_dpo, rso, sppo, inpo
+    rso_beta: float = 0.5                # rso: the temperature of the rejection sampler's target pi exp(r / beta)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -121,6 +125,7 @@ class OnlineConfig:
         need(self.generation_batch_size >= 1, "generation_batch_size must be >= 1")
         need(self.on_bad_reward in ("error", "skip"), f"on_bad_reward must be error or skip, got {self.on_bad_reward}")
         need(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
+        need(self.rso_beta > 0, f"rso_beta must be > 0, got {self.rso_beta}")
         need(self.task_prompts >= 1, f"task_prompts must be >= 1, got {self.task_prompts}")
         need(self.preference_fn is None or src in ("pair", "selfplay"),
              f"--preference-fn judges pairs of samples: it is for online_dpo, sppo and inpo, not {self.algo}")

@@ -132,9 +132,12 @@ def _task(online: OnlineConfig) -> Any:
 
 def _iterative(cfg: TrainConfig, online: OnlineConfig, prompts: list[Prompt], reward: Any, *, model: Any,
                tokenizer: Any, callbacks: Sequence[Any]) -> Any:
+    import random
+
     from ..data.types import TokenizedPair
     from ..models.generate import generate
     from .rounds import run_rounds
+    from .rso import rso_accept
 
     k = online.k
 
@@ -146,8 +149,12 @@ def _iterative(cfg: TrainConfig, online: OnlineConfig, prompts: list[Prompt], re
         total, _ = reward.parts([p.text for p in prompts for _ in range(k)], texts, columns_for(prompts, k),
                                 step=t, on_bad=online.on_bad_reward, skipped={})
         rows, ties = [], 0
+        rng = random.Random(f"rso-{cfg.seed}-{t}")
         for i, p in enumerate(prompts):
             scored = [(total[i * k + j], j) for j in range(k) if total[i * k + j] is not None]
+            if online.algo == "rso":  # two candidates accepted by statistical rejection sampling (P34)
+                acc = rso_accept(total[i * k:(i + 1) * k], 2, online.rso_beta, rng)
+                scored = [(total[i * k + j], j) for j in acc]
             if len(scored) < 2 or max(scored)[0] == min(scored)[0]:
                 ties += 1
                 continue
@@ -156,7 +163,7 @@ def _iterative(cfg: TrainConfig, online: OnlineConfig, prompts: list[Prompt], re
                          "score_chosen": sc, "score_rejected": sr, "prompt_ids": p.ids,
                          "chosen_ids": gens[i * k + c].response_ids, "rejected_ids": gens[i * k + r].response_ids})
         if not rows:
-            raise ConfigError(f"iterative_dpo round {t}: every prompt's {k} samples tied; no pair to train on")
+            raise ConfigError(f"{online.algo} round {t}: every prompt's {k} samples tied; no pair to train on")
         xs = [x for x in total if x is not None]
         return rows, {"pairs": len(rows), "prompts": len(prompts), "ties_dropped": ties,
                       "reward_mean": sum(xs) / len(xs) if xs else float("nan")}
@@ -166,7 +173,7 @@ def _iterative(cfg: TrainConfig, online: OnlineConfig, prompts: list[Prompt], re
         return [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], row=i + 1)
                 for i, r in enumerate(rows)]
 
-    return run_rounds(cfg, online.rounds, name="iterative_dpo", kind="pair", data_file="pairs.jsonl",
+    return run_rounds(cfg, online.rounds, name=online.algo, kind="pair", data_file="pairs.jsonl",
                       make_rows=make_rows, make_items=make_items, model=model, tokenizer=tokenizer,
                       callbacks=callbacks)
 
