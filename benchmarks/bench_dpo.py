@@ -292,13 +292,14 @@ WORKERS = {"preftune": worker_preftune, "trl": worker_trl, "vocab": worker_vocab
 # ----------------------------------------------------------------------------- driver
 
 
-def run_worker(kind: str, spec: dict, tmp: Path, timeout: float = 1200) -> dict:
+def run_worker(kind: str, spec: dict, tmp: Path, timeout: float = 1200, script: str = __file__) -> dict:
+    """Run ``script --worker kind`` in its own process (peak RSS is per process) and return its JSON result."""
     spec_path = tmp / f"spec-{kind}-{time.monotonic_ns()}.json"
     out_path = spec_path.with_suffix(".out.json")
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(spec.get("threads", 2)),
                HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TQDM_DISABLE="1")
-    proc = subprocess.run([sys.executable, __file__, "--worker", kind, str(spec_path), str(out_path)],
+    proc = subprocess.run([sys.executable, script, "--worker", kind, str(spec_path), str(out_path)],
                           env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_dpo import FIRST_ID, busy_cores, fmt_table, load_average, make_tokenizer  # noqa: E402
+from bench_dpo import run_worker as _run_worker  # noqa: E402
 
 
 def even_share(prompts, completions, **_):
@@ -173,16 +172,8 @@ WORKERS = {"preftune": worker_preftune, "trl": worker_trl}
 
 
 def run_worker(kind: str, spec: dict, tmp: Path, timeout: float = 3600) -> dict:
-    spec_path = tmp / f"spec-{kind}-{time.monotonic_ns()}.json"
-    out_path = spec_path.with_suffix(".out.json")
-    spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(spec.get("threads", 2)),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TQDM_DISABLE="1")
-    proc = subprocess.run([sys.executable, __file__, "--worker", kind, str(spec_path), str(out_path)],
-                          env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{kind} worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return json.loads(out_path.read_text())
+    """This script's worker ``kind`` in its own process (bench_dpo's runner)."""
+    return _run_worker(kind, spec, tmp, timeout=timeout, script=__file__)
 
 
 def _summary(runs: list[dict]) -> dict:

@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "reinforce: a multiple of --num-generations, as TRL's GRPO) and pairs for online_dpo.",
         epilog="example: preftune online --algo grpo --model runs/sft --prompts prompts.jsonl "
                "--reward-fn rewards.py:fn --output runs/grpo --max-steps 100 --num-generations 8 --batch-size 32")
-    add_train_options(p)
+    # the sampling options win over objective hyperparameters of the same name (temperature)
+    add_train_options(p, taken=frozenset(f.name for f in dataclasses.fields(OnlineConfig)))
     g = p.add_argument_group("online options")
     for f in dataclasses.fields(OnlineConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
@@ -63,10 +64,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             kw.update(choices=list(ALGORITHMS), metavar=None)
         if "bool" in str(f.type):
             kw.update(nargs="?", const=True)
-        if "--" + f.name.replace("_", "-") in p._option_string_actions:
-            # an objective hyperparameter of the same name (temperature): the sampling option takes the flag
-            p._handle_conflict_resolve(None, [("--" + f.name.replace("_", "-"),
-                                               p._option_string_actions["--" + f.name.replace("_", "-")])])
         g.add_argument("--" + f.name.replace("_", "-"), **kw)
     g.add_argument("--max-completion-length", dest="on__max_new_tokens", default=argparse.SUPPRESS, metavar="N",
                    help="= --max-new-tokens (TRL's name)")

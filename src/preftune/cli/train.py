@@ -122,9 +122,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_train_options(p: argparse.ArgumentParser) -> None:
+def add_train_options(p: argparse.ArgumentParser, *, taken: frozenset[str] = frozenset()) -> None:
     """Every TrainConfig field, every objective hyperparameter and TRL's names as options of ``p`` (shared by
-    ``preftune train`` and ``preftune rm train``)."""
+    ``preftune train``, ``preftune rm train`` and ``preftune online``). ``taken``: option names the caller defines
+    itself (``preftune online``'s sampling ``--temperature``), left out here."""
     from ..objectives import available, objective_class
     from ..train.config import TRL_NAMES, TRL_VALUE_NAMES, TrainConfig
 
@@ -151,6 +152,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         for hname, info in objective_class(name).hyperparameters().items():
             seen.setdefault(hname, (info, []))[1].append(name)
     for hname, (info, owners) in sorted(seen.items()):
+        if hname in taken:
+            continue
         d = info["default"]
         ty = _bool if isinstance(d, bool) else (float if isinstance(d, (int, float)) else str)
         owners_s = ", ".join(owners[:6]) + (" ..." if len(owners) > 6 else "")
