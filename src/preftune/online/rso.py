@@ -6,6 +6,9 @@ the sigmoid (``dpo``) or hinge (``hinge``) loss (the paper's RSO-sigmoid and RSO
 
 ``preftune online --algo rso`` runs it in rounds (one round is the paper's setting): K candidates per prompt from
 the round's policy, two accepted by rejection sampling, the better-scored one chosen.
+
+Authors' code: none public (searched GitHub for RSO / "statistical rejection sampling"); the sampler follows the
+paper's Algorithm 1, checked by hand in ``tests/test_online_objectives.py::test_rso_rejection_sampling_by_hand``.
 """
 from __future__ import annotations
 
