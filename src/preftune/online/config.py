@@ -22,10 +22,16 @@ class Algorithm:
     """A recipe on the loop: which rollout source, which default objective and sampling defaults."""
 
     name: str
-    source: str            # "group": K scored samples per prompt (list kind); "pair": judged pairs; "rounds"
+    source: str            # "group": K scored samples per prompt (list kind); "pair": judged pairs; "rounds";
+                           # "selfplay"; "custom": a runner of its own (``runner``)
     loss: str              # default objective (any objective of the source's data kind may replace it)
     num_generations: int
     description: str
+    # "custom" algorithms: "module:function" called as fn(cfg, online, prompts, reward, model=, tokenizer=,
+    # callbacks=) -> RunResult, with the trainer config, the OnlineConfig, tokenized prompts and the reward source
+    # (None when only --preference-fn was given); the runner checks its own options with one-line ConfigErrors
+    runner: str = ""
+    needs_judge: bool = True  # False: the algorithm judges without a reward or preference function (P28's self-judging)
 
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
@@ -127,9 +133,9 @@ class OnlineConfig:
         need(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
         need(self.rso_beta > 0, f"rso_beta must be > 0, got {self.rso_beta}")
         need(self.task_prompts >= 1, f"task_prompts must be >= 1, got {self.task_prompts}")
-        need(self.preference_fn is None or src in ("pair", "selfplay"),
+        need(self.preference_fn is None or src in ("pair", "selfplay", "custom"),
              f"--preference-fn judges pairs of samples: it is for online_dpo, sppo and inpo, not {self.algo}")
-        need(self.preference_fn is None or src == "selfplay" or self.k == 2,
+        need(self.preference_fn is None or src in ("selfplay", "custom") or self.k == 2,
              f"--preference-fn judges two samples per prompt: --num-generations must be 2, got {self.k}")
 
     def to_dict(self) -> dict[str, Any]:

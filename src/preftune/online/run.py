@@ -31,7 +31,7 @@ def online_train_config(cfg: TrainConfig, online: OnlineConfig, *, loss_given: b
     from ..objectives import objective_class
 
     algo = online.algorithm
-    kind = objective_class(algo.loss).kind if algo.source == "selfplay" else \
+    kind = objective_class(algo.loss).kind if algo.source in ("selfplay", "custom") else \
         {"group": "list", "pair": "pair", "rounds": "pair"}[algo.source]
     loss = cfg.loss
     if loss_given is None:
@@ -86,7 +86,8 @@ def train_online(cfg: TrainConfig, online: OnlineConfig, *, model: Any = None, t
     if cfg.ref == "precomputed":
         raise ConfigError("--ref precomputed needs a fixed dataset; an online run samples its own: use --ref model")
     tokenizer = load_tokenizer_for(cfg, tokenizer)
-    if not (online.reward_fn or online.reward_model or online.task or online.preference_fn or reward_functions):
+    if online.algorithm.needs_judge and not (online.reward_fn or online.reward_model or online.task
+                                             or online.preference_fn or reward_functions):
         raise ConfigError("no reward: give --reward-fn FILE.py:FN, --reward-model DIR, --task NAME or --preference-fn")
     task = _task(online)
     name, prompts = load_online_prompts(cfg, online, tokenizer, task)
@@ -97,6 +98,9 @@ def train_online(cfg: TrainConfig, online: OnlineConfig, *, model: Any = None, t
                               max_length=cfg.max_length or 1024, device=pick_device(cfg.device), dtype=cfg.dtype)
     elif online.algorithm.source == "group":
         raise ConfigError(f"{online.algo} needs a reward: --reward-fn, --reward-model or --task")
+    if online.algorithm.runner:
+        return _runner(online.algorithm)(cfg, online, prompts, reward, model=model, tokenizer=tokenizer,
+                                         callbacks=callbacks)
     if online.algorithm.source == "selfplay":
         from .selfplay import train_selfplay
 
@@ -117,6 +121,14 @@ def train_online(cfg: TrainConfig, online: OnlineConfig, *, model: Any = None, t
     source.batches_per_epoch = math.ceil(len(prompts) / per_batch) * online.num_iterations  # type: ignore[attr-defined]
     return train(cfg, model=model, tokenizer=tokenizer, source=source, forward=OnlineForward(source),
                  callbacks=[*callbacks, CompletionsLog(source)])
+
+
+def _runner(algo: Any) -> Callable[..., Any]:
+    """The function named by a custom algorithm's ``runner`` ("package.module:function")."""
+    import importlib
+
+    mod, _, fn = algo.runner.partition(":")
+    return getattr(importlib.import_module(mod), fn)
 
 
 def _task(online: OnlineConfig) -> Any:
