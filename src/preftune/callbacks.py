@@ -26,6 +26,7 @@ class TrainState:
     epoch: float = 0.0
     probe: list = field(default_factory=list)
     collate: Any = None
+    is_main: bool = True   # False on the other processes of a distributed run (only rank 0 writes)
 
 
 class Callback:

@@ -54,6 +54,8 @@ class FrozenModel(ReferenceSource):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.chunk_size, self.name = chunk_size, name
+        # runs a computation with the model: under FSDP2 its sharded root's forward (preftune.train.distributed)
+        self.call: Callable[[Callable[[], Any]], Any] = lambda fn: fn()
 
     @classmethod
     def copy_of(cls, policy: Any, **kw: Any) -> "FrozenModel":
@@ -61,14 +63,14 @@ class FrozenModel(ReferenceSource):
 
     @torch.no_grad()
     def logps(self, batch: SequenceBatch, *, per_token: bool = False) -> SeqLogps:
-        return sequence_logps(self.model, batch, per_token=per_token, chunk_size=self.chunk_size)
+        return self.call(lambda: sequence_logps(self.model, batch, per_token=per_token, chunk_size=self.chunk_size))
 
     def hidden_states(self, batch: SequenceBatch) -> list[torch.Tensor]:
-        return aligned_hidden_states(self.model, batch)
+        return self.call(lambda: aligned_hidden_states(self.model, batch))
 
     @torch.no_grad()
     def label_states(self, batch: SequenceBatch) -> torch.Tensor:
-        return label_states(self.model, batch)
+        return self.call(lambda: label_states(self.model, batch))
 
     def output_head(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return head_fn(self.model, base_weights=True)

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _apply_global_options(args)
+    _quiet_other_ranks()
     try:
         return int(args.func(args) or 0)
     except PreftuneError as e:
@@ -52,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"preftune {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_other_ranks() -> None:
+    """Under torchrun / accelerate launch only rank 0 reports (errors, on stderr, still come from every rank)."""
+    import os
+
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        sys.stdout = open(os.devnull, "w")
 
 
 def _apply_global_options(args: argparse.Namespace) -> None:

@@ -46,6 +46,11 @@ HELP = {
     "lora_target": "LoRA target modules (peft syntax, comma-separated; default all-linear)",
     "trust_remote_code": "allow model repositories to run their own code (off by default)",
     "device": "auto, cpu, cuda, cuda:N",
+    "distributed": "under torchrun or accelerate launch: ddp (auto: DistributedDataParallel), fsdp2 (torch's "
+                   "fully_shard: parameters, gradients and optimizer state sharded) or deepspeed (ZeRO, the "
+                   "[deepspeed] extra); --batch-size is per process: the global batch is batch-size x processes "
+                   "x grad-accum (docs/distributed.md)",
+    "dist_timeout": "seconds a collective waits for the other processes before the run fails",
     "reward_head": "reward models (preftune rm train): score adds a sequence-classification head (final/ loads with "
                    "AutoModelForSequenceClassification); value adds a linear value head on the causal LM's last "
                    "hidden state, read at the last real token, saved beside the body as value_head.safetensors "

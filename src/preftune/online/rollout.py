@@ -62,6 +62,11 @@ class RolloutSource(BatchSource):
 
     kind_name = "list"
     command = "online"  # what resumes the run: preftune online --config OUTPUT/config.yaml --resume
+    # every micro-batch takes batch_prompts prompts: over several processes each skips the others' prompts and
+    # the samples are the one-process run's; a source that draws again on ties (pairs) gives each process
+    # every world-th prompt of the epoch's permutation instead
+    exact_shards = True
+    rank, world = 0, 1
 
     def __init__(self, prompts: Sequence[Prompt], reward: CombinedReward | None, online: OnlineConfig, *,
                  tokenizer: Any, layout: str = "auto", batch_prompts: int, grad_accum: int = 1, seed: int = 0,
@@ -76,6 +81,7 @@ class RolloutSource(BatchSource):
         self.preference = load_reward_fn(online.preference_fn).fn if online.preference_fn else None
         self.model: Any = None
         self.objective: Any = None
+        self.infer: Any = lambda fn: fn()
         self.device = torch.device("cpu")
         self.epoch, self.cursor, self.generation = 0, 0, 0
         self.buffer: list[Entry] = []
@@ -88,9 +94,16 @@ class RolloutSource(BatchSource):
         self._current: Entry | None = None
 
     # ------------------------------------------------------------------ the loop's interface
-    def bind(self, *, model: Any, device: torch.device, objective: Any = None, **_: Any) -> None:
-        """The live policy and the objective (the loop calls this once both are built)."""
+    def bind(self, *, model: Any, device: torch.device, objective: Any = None, engine: Any = None, **_: Any) -> None:
+        """The live policy and the objective (the loop calls this once both are built); ``engine``: how to run the
+        policy outside training (under FSDP2 its sharded root's forward)."""
         self.model, self.device, self.objective = model, device, objective
+        self.infer = engine.infer if engine is not None else (lambda fn: fn())
+
+    def shard(self, rank: int, world: int) -> None:
+        """Process ``rank`` of ``world`` makes micro-batches ``rank * grad_accum ... (rank + 1) * grad_accum - 1``
+        of each generation batch of ``world * grad_accum``, seeded as the one-process run seeds them."""
+        self.rank, self.world = rank, world
 
     def next(self) -> SourceBatch:
         if self.model is None:
@@ -126,6 +139,13 @@ class RolloutSource(BatchSource):
 
     def flush(self, step: int) -> None:
         """Append the records of completions trained on so far to ``completions.jsonl`` (one line each)."""
+        if self.world > 1:  # rank 0 writes every process's completions, in micro-batch order
+            from ..train.distributed import gather_to_main
+
+            parts = gather_to_main(self._pending)
+            self._pending = [r for part in parts for r in part] if self.rank == 0 else []
+            if self.rank != 0:
+                return
         if self.log_path is None:
             self._pending.clear()
             return
@@ -183,17 +203,23 @@ class RolloutSource(BatchSource):
         while len(out) < n:
             order = torch.randperm(len(self.prompts),
                                    generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch)).tolist()
+            if not self.exact_shards and self.world > 1:
+                order = order[self.rank::self.world] or order[:1]
             take = order[self.cursor:self.cursor + n - len(out)]
             out += [self.prompts[i] for i in take]
             self.cursor += len(take)
-            if self.cursor >= len(self.prompts):
+            if self.cursor >= len(order):
                 self.epoch, self.cursor = self.epoch + 1, 0
         return out
 
     def _fill(self) -> None:
         version = self.served // max(1, self.grad_accum)  # optimizer steps taken so far
         self.buffer = []
-        for m in range(self.grad_accum):
+        for m in range(self.grad_accum * self.world):  # the generation batch of all processes
+            if m // self.grad_accum != self.rank:  # another process's micro-batch: pass over its prompts
+                if self.exact_shards:
+                    self._next_prompts(self.batch_prompts)
+                continue
             seed = (self.seed * 1_000_003 + self.generation * 7919 + m) % (2 ** 63)
             self.buffer.append(self._make_entry(seed, version))
         self.buffer_pos = 0
@@ -202,9 +228,9 @@ class RolloutSource(BatchSource):
     def _sample(self, prompts: list[Prompt], seed: int) -> tuple[list[Generation], list[str], float]:
         o = self.online
         t0 = time.perf_counter()
-        gens = generate(self.model, self.tok, [p.ids for p in prompts], n=self.online.k, max_new_tokens=o.max_new_tokens,
-                        temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, seed=seed,
-                        batch_size=o.generation_batch_size)
+        gens = self.infer(lambda: generate(
+            self.model, self.tok, [p.ids for p in prompts], n=self.online.k, max_new_tokens=o.max_new_tokens,
+            temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, seed=seed, batch_size=o.generation_batch_size))
         texts = self.tok.batch_decode([g.response_ids for g in gens], skip_special_tokens=True)
         return gens, texts, time.perf_counter() - t0
 
@@ -252,12 +278,12 @@ class RolloutSource(BatchSource):
 
         batch = self.collate(entry.items).to(self.device)
         with torch.no_grad(), eval_mode(self.model):
-            lp = sequence_logps(self.model, batch, per_token=True, chunk_size=self.chunk_size)
+            lp = self.infer(lambda: sequence_logps(self.model, batch, per_token=True, chunk_size=self.chunk_size))
         entry.old_token_logps = lp.token_logps.detach().cpu()
         extra = getattr(self.objective, "rollout_extras", None)
         if extra is not None:  # e.g. PPO's value estimates of the sampling policy
             with torch.no_grad(), eval_mode(self.model):
-                entry.old_extras = {k: v.detach().cpu() for k, v in extra(self.model, batch).items()}
+                entry.old_extras = {k: v.detach().cpu() for k, v in self.infer(lambda: extra(self.model, batch)).items()}
         sums = lp.sums.float().cpu().tolist()
         for s, r in enumerate(entry.seq_records):
             if r >= 0:
@@ -275,7 +301,7 @@ class RolloutSource(BatchSource):
     # ------------------------------------------------------------------ the completions log on resume
     def _truncate_log(self, step: int) -> None:
         self._log_started = True
-        if self.log_path is None or not self.log_path.exists():
+        if self.rank != 0 or self.log_path is None or not self.log_path.exists():
             return
         keep = []
         for line in self.log_path.read_text(encoding="utf-8").splitlines():
@@ -311,6 +337,8 @@ class PairSource(RolloutSource):
     """A judged pair per prompt, as a ``pair``-kind item: online DPO (and any pair objective). With a reward, the
     best and the worst of the K samples (prompts whose samples all tie are dropped, counted); with a preference
     function ``fn(prompts, completions_a, completions_b) -> P(a > b)``, samples 0 and 1 by that probability."""
+
+    exact_shards = False  # ties are drawn again: how many prompts a micro-batch takes depends on the samples
 
     kind_name = "pair"
     MAX_DRAWS = 16

@@ -92,20 +92,26 @@ def state_tensors(module: Any) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run_dir: Path, position: TrainerPosition | int, model: Any, optimizer: Any, scheduler: Any,
-                    extra: dict[str, Any] | None = None, keep: int = 2, objective_state: Any = None) -> Path:
+                    extra: dict[str, Any] | None = None, keep: int = 2, objective_state: Any = None, *,
+                    model_state: dict[str, torch.Tensor] | None = None,
+                    objective_tensors: dict[str, torch.Tensor] | None = None,
+                    optimizer_state: dict[str, Any] | None = None) -> Path:
     """``objective_state``: the objective's own modules (:func:`preftune.objectives.base.objective_state`),
     saved to ``extra_modules.safetensors``; ``extra``: more entries for ``state.json`` (the batch source's
-    position)."""
+    position). ``model_state``/``objective_tensors``/``optimizer_state``: those states gathered already (full
+    tensors of a sharded run, :mod:`preftune.train.distributed`), written instead of reading the modules."""
     from safetensors.torch import save_file
 
     step = position if isinstance(position, int) else position.step
     ckpt_root = Path(run_dir) / "checkpoints"
     target = ckpt_root / f"step-{step}"
     with atomic_path(target, is_dir=True) as tmp:
-        save_file(trainable_state(model), str(tmp / "model.safetensors"))
+        save_file(model_state if model_state is not None else trainable_state(model), str(tmp / "model.safetensors"))
         if has_state(objective_state):
-            save_file(state_tensors(objective_state), str(tmp / OBJECTIVE_STATE))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            save_file(objective_tensors if objective_tensors is not None else state_tensors(objective_state),
+                      str(tmp / OBJECTIVE_STATE))
+        torch.save({"optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
                     "rng": rng_state()}, tmp / "trainer_state.pt")
         state: dict[str, Any] = {"step": step}
         if not isinstance(position, int):
@@ -202,28 +208,41 @@ def read_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, objective_state: Any = None
-                    ) -> dict[str, Any]:
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, objective_state: Any = None, *,
+                    engine: Any = None) -> dict[str, Any]:
+    """Load a checkpoint into the modules; ``engine`` (:mod:`preftune.train.distributed`) lays the full tensors
+    out as the modules hold them (sharded under FSDP2)."""
     from safetensors.torch import load_file
 
     verify_checkpoint(path)
     weights = load_file(str(path / "model.safetensors"))
-    missing = set(trainable_state(model)) - set(weights)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = {k for k in model.state_dict() if k in trainable} - set(weights)
     if missing:
         raise CheckpointError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:3]}")
-    model.load_state_dict(weights, strict=False)
+    if engine is not None:
+        engine.load_model_state(model, weights)
+    else:
+        model.load_state_dict(weights, strict=False)
     if has_state(objective_state):
         if not (path / OBJECTIVE_STATE).exists():
             raise CheckpointError(f"checkpoint {path} has no {OBJECTIVE_STATE}, the state this objective keeps; "
                                   "was it written by another run?")
         try:
-            objective_state.load_state_dict(load_file(str(path / OBJECTIVE_STATE)))
+            tensors = load_file(str(path / OBJECTIVE_STATE))
+            if engine is not None:
+                engine.load_model_state(objective_state, tensors)
+            else:
+                objective_state.load_state_dict(tensors)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
             raise CheckpointError(f"checkpoint {path}: {OBJECTIVE_STATE} does not match this objective's state "
                                   f"({first})") from None
     st = torch.load(path / "trainer_state.pt", weights_only=True)
-    optimizer.load_state_dict(st["optimizer"])
+    if engine is not None:
+        engine.load_optimizer_state(optimizer, st["optimizer"])
+    else:
+        optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])
     state = json.loads((path / "state.json").read_text())
     set_rng_state(st["rng"], state.get("numpy_rng"))

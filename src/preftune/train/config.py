@@ -88,6 +88,8 @@ class TrainConfig:
     lora_target: str = field(default="all-linear", metadata={"join_list": True})
     trust_remote_code: bool = False
     device: str = "auto"
+    distributed: str = "auto"       # under torchrun/accelerate launch: ddp (auto), fsdp2 or deepspeed
+    dist_timeout: int = 1800        # seconds a collective waits for the other processes before failing
     reward_head: str = "score"      # reward models: score (sequence-classification head) or value (LM + value head)
     # data ------------------------------------------------------------------------------
     max_length: int | None = 1024
@@ -131,6 +133,9 @@ class TrainConfig:
             if not ok:
                 raise FieldError(key, msg, named=True)
 
+        need(self.distributed in ("auto", "ddp", "fsdp2", "deepspeed"), "distributed",
+             f"distributed='{self.distributed}' is not allowed; use one of auto, ddp, fsdp2, deepspeed")
+        need(self.dist_timeout > 0, "dist_timeout", f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         need(self.ref in REF_SOURCES, "ref", f"ref='{self.ref}' is not allowed; use one of {', '.join(REF_SOURCES)}")
         need(self.layout in LAYOUTS, "layout",
              f"layout='{self.layout}' is not allowed; use one of {', '.join(LAYOUTS)}")

@@ -31,8 +31,9 @@ from ..suppliers.base import MicroBatch, Supplier, suppliers_for
 from .checkpoint import (OBJECTIVE_STATE, has_state, latest_checkpoint, list_checkpoints, load_checkpoint, read_state,
                          save_checkpoint, state_tensors, verify_checkpoint)
 from .config import TrainConfig
+from .distributed import Engine, ShardedSource, make_engine, rank_device
 from .forward import Forward, PolicyLogps
-from .optim import build_optimizer, grad_norm
+from .optim import build_optimizer
 from .rundir import (LOCK, append_metrics, check_same_run, clear_run, prepare_run_dir, remove_stale_temps, run_identity,
                      run_lock, run_settings, truncate_metrics, write_config)
 from .setup import (build_reference, check_lengths, load_data, load_policy, load_tokenizer_for, pick_device,
@@ -112,6 +113,7 @@ class Run:
     eval_items: list[Any]
     data_name: str = ""
     identity: dict[str, Any] = field(default_factory=dict)   # run_id and the settings it hashes
+    engine: Engine = field(default_factory=Engine)          # one process, or DDP/FSDP2 over several
 
 
 def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
@@ -126,11 +128,44 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
     ``forward``: what turns batches into stats (default: :class:`~preftune.train.forward.PolicyLogps`).
     """
     cfg = config
-    out, created = prepare_run_dir(cfg)
+    import torch.distributed as dist
+
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    engine = make_engine(cfg, rank_device(pick_device(cfg.device)))
+    try:
+        if engine.world == 1:
+            return _train_in(cfg, engine, model, tokenizer, train_examples, eval_examples, callbacks, forward, source)
+        # rank 0 checks and owns the run directory; the others learn whether that failed rather than wait forever
+        err, prepared = None, None
+        if engine.is_main:
+            try:
+                prepared = prepare_run_dir(cfg)
+            except PreftuneError as e:
+                err = str(e)
+        err = engine.broadcast_object(err)
+        if err is not None:
+            raise ConfigError(err)
+        return _train_in(cfg, engine, model, tokenizer, train_examples, eval_examples, callbacks, forward, source,
+                         prepared)
+    finally:
+        if owns_group:
+            engine.close()
+
+
+def _train_in(cfg: TrainConfig, engine: Engine, model: Any, tokenizer: Any, train_examples: Any, eval_examples: Any,
+              callbacks: Sequence[Callback], forward: Forward | None, source: BatchSource | None,
+              prepared: tuple[Path, bool] | None = None) -> RunResult:
+    if not engine.is_main:  # the lock and the directory are rank 0's
+        with quiet_transformers(True):
+            return _train(cfg, Path(cfg.output), model=model, tokenizer=tokenizer, train_examples=train_examples,
+                          eval_examples=eval_examples, callbacks=callbacks, forward=forward, source=source,
+                          engine=engine)
+    out, created = prepared or prepare_run_dir(cfg)
     try:
         with run_lock(out), quiet_transformers(not cfg.progress):
             return _train(cfg, out, model=model, tokenizer=tokenizer, train_examples=train_examples,
-                          eval_examples=eval_examples, callbacks=callbacks, forward=forward, source=source)
+                          eval_examples=eval_examples, callbacks=callbacks, forward=forward, source=source,
+                          engine=engine)
     except BaseException:
         if created and set(os.listdir(out)) <= {LOCK}:  # failed before writing anything: leave no empty run dir
             shutil.rmtree(out, ignore_errors=True)
@@ -139,17 +174,23 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
 
 def _train(cfg: TrainConfig, out: Path, *, model: Any, tokenizer: Any, train_examples: Sequence[Any] | None,
            eval_examples: Sequence[Any] | None, callbacks: Sequence[Callback], forward: Forward | None,
-           source: BatchSource | None) -> RunResult:
-    if cfg.overwrite and not cfg.resume:
+           source: BatchSource | None, engine: Engine | None = None) -> RunResult:
+    engine = engine or Engine()
+    if engine.is_main and cfg.overwrite and not cfg.resume:
         gone = clear_run(out)
         if gone:
             print(f"preftune: --overwrite: removed the previous run's {', '.join(gone)} from {out}")
-    remove_stale_temps(out)
+    if engine.is_main:
+        remove_stale_temps(out)
+    engine.barrier()  # rank 0 has cleared the directory before anyone reads it
     if cfg.eval_every and eval_examples is None and not _given(cfg.eval_data):
         raise ConfigError(f"eval_every={cfg.eval_every} does nothing without eval_data; set --eval-data (held-out "
                           "data) or drop --eval-every")
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    device = rank_device(pick_device(cfg.device))
+    if engine.world > 1 and engine.name == "fsdp2" and cfg.monitor:
+        raise ConfigError("--monitor runs the model on rank 0 alone, which a sharded (fsdp2) model cannot do; "
+                          "drop --monitor or use --distributed ddp")
     objective = build_objective(cfg.loss, **cfg.loss_params)
     forward = forward or PolicyLogps()
     provided = forward.provides + (source.provides if source is not None else OfflineSource.provides)
@@ -185,17 +226,21 @@ def _train(cfg: TrainConfig, out: Path, *, model: Any, tokenizer: Any, train_exa
         eval_items = ev.items
         for k, v in ev.skipped.items():
             skipped[f"eval/{k}"] = v
-    if skipped:
+    if skipped and engine.is_main:
         msg = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
         print(f"preftune: skipped bad rows ({sum(skipped.values())}): {msg}")
-    if truncated:
+    if truncated and engine.is_main:
         print(f"preftune: {truncated} training rows truncated (max_length={cfg.max_length}, "
               f"max_prompt_length={cfg.max_prompt_length}, truncation={cfg.truncation})")
 
     model_given = model is not None
     model = load_policy(cfg, model, device)
     check_lengths(cfg, model, source, eval_items)
+    if engine.world > 1 and cfg.ref == "precomputed" and not engine.is_main:
+        engine.barrier()  # rank 0 computes and caches the reference log-probs; the others then read the cache
     reference = build_reference(cfg, objective, model, source, device, model_given, tokenizer)
+    if engine.world > 1 and cfg.ref == "precomputed" and engine.is_main:
+        engine.barrier()
     suppliers = suppliers_for(objective, provided=provided, reference=reference)
     for sup in suppliers:
         sup.prepare(objective, reference, getattr(source, "items", []), eval_items, pad_id, device)
@@ -203,24 +248,37 @@ def _train(cfg: TrainConfig, out: Path, *, model: Any, tokenizer: Any, train_exa
     per_epoch = getattr(source, "batches_per_epoch", None)
     if not cfg.max_steps and per_epoch is None:
         raise ConfigError("this batch source makes its batches while training and has no epochs: set max_steps")
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * max(1, per_epoch // cfg.grad_accum)))
+    # an optimizer step takes grad_accum micro-batches on each of the processes
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * max(1, per_epoch // (cfg.grad_accum * engine.world))))
+    if engine.world > 1:  # each process its share of every step's micro-batches
+        if hasattr(source, "shard"):
+            source.shard(engine.rank, engine.world)
+        elif hasattr(source, "skip"):
+            source = ShardedSource(source, engine.rank, engine.world)  # type: ignore[assignment]
+        else:
+            raise ConfigError(f"{source.name} cannot be split over processes (it has no skip() or shard())")
     objective.bind(model)  # e.g. SparsePO's learned mask head, sized by the policy
     state = objective_state(objective).to(device)
+    engine.wrap(model, state, reference)
     if hasattr(source, "bind"):  # a rollout source samples from the live policy
         source.bind(model=model, tokenizer=tokenizer, reference=reference, device=device, config=cfg,
-                    objective=objective)
+                    objective=objective, engine=engine)
     params = [p for p in model.parameters() if p.requires_grad] + list(state.parameters())
     optimizer, scheduler = build_optimizer(params, cfg, total)
-    settings = {**run_settings(cfg), **_source_settings(source)}
+    optimizer, scheduler = engine.prepare_optimizer(optimizer, scheduler)  # DeepSpeed wraps the optimizer
+    settings = {**run_settings(cfg, engine.world), **_source_settings(source)}
     run = Run(cfg, model, tokenizer, objective, reference, source, forward, suppliers, state, params, optimizer,
-              scheduler, device, eval_items, source.name, {"run_id": run_identity(settings), "run_settings": settings})
+              scheduler, device, eval_items, source.name, {"run_id": run_identity(settings), "run_settings": settings},
+              engine)
 
     start_step = _resume(run, out) if cfg.resume else 0
     log_every = _saved_log_every(out, cfg.log_every)
-    write_config(out, cfg, extra=getattr(source, "config_entries", dict)(), info={
-        "objective": objective.name, "objective_config": objective.config(), "reference": reference.describe(),
-        **source.describe(), "eval_examples": len(eval_items), "skipped_rows": skipped,
-        "truncated_rows": truncated, "total_steps": total, "run_id": run.identity["run_id"]})
+    if engine.is_main:
+        write_config(out, cfg, extra=getattr(source, "config_entries", dict)(), info={
+            "objective": objective.name, "objective_config": objective.config(), "reference": reference.describe(),
+            **source.describe(), "eval_examples": len(eval_items), "skipped_rows": skipped,
+            "truncated_rows": truncated, "total_steps": total, "run_id": run.identity["run_id"],
+            **engine.describe()})
     return _loop(run, out, start_step, total, callbacks, skipped, log_every)
 
 
@@ -241,16 +299,21 @@ def _resume(run: Run, out: Path) -> int:
                               "over (its metrics are discarded), or --overwrite to replace the run")
         print(f"preftune: no checkpoint in {out}; starting from step 0")
         return 0
-    check_same_run(out, cfg, read_state(ck), ck, extra=_source_settings(run.source), command=_command(run.source))
-    saved = load_checkpoint(ck, run.model, run.optimizer, run.scheduler, run.state)
+    check_same_run(out, cfg, read_state(ck), ck, extra=_source_settings(run.source), command=_command(run.source),
+                   world=run.engine.world)
+    saved = load_checkpoint(ck, run.model, run.optimizer, run.scheduler, run.state,
+                            engine=run.engine if run.engine.world > 1 else None)
     step = saved["step"]
     run.source.load_state_dict(saved.get("source") or saved)
+    run.engine.barrier()  # every process has read the checkpoint before rank 0 prunes
     later = [p for s, p in list_checkpoints(out) if s > step]
-    for p in later:  # resuming an earlier checkpoint abandons what came after it: never resume those later
-        shutil.rmtree(p, ignore_errors=True)
-    if later:
-        print(f"preftune: removed {len(later)} later checkpoint(s) of the abandoned continuation")
-    print(f"preftune: resumed from {ck} (step {step})")
+    if run.engine.is_main:
+        for p in later:  # resuming an earlier checkpoint abandons what came after it: never resume those later
+            shutil.rmtree(p, ignore_errors=True)
+        if later:
+            print(f"preftune: removed {len(later)} later checkpoint(s) of the abandoned continuation")
+        print(f"preftune: resumed from {ck} (step {step})" + (
+            f" on {run.engine.world} processes" if run.engine.world > 1 else ""))
     return step
 
 
@@ -283,20 +346,24 @@ def _saved_log_every(out: Path, default: int) -> int:
 def _loop(run: Run, out: Path, start_step: int, total: int, callbacks: Sequence[Callback],
           skipped: dict[str, int], log_every: int = 1) -> RunResult:
     cfg = run.cfg
+    engine = run.engine
     metrics_path = out / "metrics.jsonl"
-    history = truncate_metrics(metrics_path, start_step, log_every)
+    history = truncate_metrics(metrics_path, start_step, log_every) if engine.is_main else []
     eval_history: list[dict[str, float]] = []
     state = TrainState(config=cfg, model=run.model, tokenizer=run.tokenizer, reference=run.reference,
                        objective=run.objective, output_dir=out, step=start_step, max_steps=total,
                        probe=list((run.eval_items or getattr(run.source, "items", []))[:16]),
                        collate=run.source.collate)
-    all_callbacks = run_callbacks(cfg, out, callbacks)
+    # the caller's callbacks run on every process (state.is_main tells them apart); monitors and reporters on rank 0
+    all_callbacks = run_callbacks(cfg, out, callbacks) if engine.is_main else list(callbacks)
+    state.is_main = engine.is_main
     for cb in all_callbacks:
         cb.on_train_start(state)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=start_step, desc=f"train {run.objective.name}", disable=not cfg.progress,
+    bar = tqdm(total=total, initial=start_step, desc=f"train {run.objective.name}",
+               disable=not (cfg.progress and engine.is_main),
                dynamic_ncols=True, unit="step")
     nonfinite = 0
     step = start_step
@@ -317,19 +384,22 @@ def _loop(run: Run, out: Path, start_step: int, total: int, callbacks: Sequence[
             # with eval data but no --eval-every, evaluate once, at the end
             if run.eval_items and (step == total or (cfg.eval_every and step % cfg.eval_every == 0)):
                 ev = evaluate(run.model, run.reference, run.objective, run.eval_items, run.source.collate, cfg,
-                              run.device, forward=run.forward, suppliers=run.suppliers)
+                              run.device, forward=run.forward, suppliers=run.suppliers, engine=engine)
                 ev["step"] = step
                 eval_history.append(ev)
                 rec.update({f"eval/{k}": v for k, v in ev.items() if k != "step"})
                 for cb in all_callbacks:
                     cb.on_evaluate(state, ev)
-            if step % cfg.log_every == 0 or step == total:
+            if (step % cfg.log_every == 0 or step == total) and engine.is_main:
                 history.append(rec)
                 _io(lambda: append_metrics(metrics_path, rec), f"appending to {metrics_path}")
             bar.update(1)
             shown = {"reward": f"{rec['reward']:.3f}"} if "reward" in rec else \
                 {"acc": f"{rec.get('rewards/accuracies', float('nan')):.2f}"}  # online runs show their reward
             bar.set_postfix(loss=f"{rec['loss']:.4f}", **shown, tok_s=f"{rec['tokens_per_second']:.0f}")
+            if engine.world > 1:  # a signal reaches the processes at different steps: all stop at the same one
+                stop = engine.reduce_sum(1.0 if intr.requested else 0.0) > 0
+                intr.requested = intr.requested or ("SIGTERM" if stop else None)
             if intr.requested:
                 _checkpoint(run, out, step)
                 print(f"\npreftune: {intr.requested} received; checkpoint saved at step {step}. "
@@ -343,12 +413,19 @@ def _loop(run: Run, out: Path, start_step: int, total: int, callbacks: Sequence[
     final_dir = None
     if not interrupted:
         _checkpoint(run, out, step)  # before final/: a crash while writing final/ resumes from here
-        final_dir = _io(lambda: save_final(run.model, run.tokenizer, out / "final", run.state),
-                        f"writing {out / 'final'}") if cfg.save_final else None
+        final_dir = None
+        if cfg.save_final:
+            full = engine.full_final_state(run.model)  # a sharded model gathered (a collective: every process)
+            tensors = engine.full_state_tensors(run.state) if has_state(run.state) else None
+            if engine.is_main:
+                final_dir = _io(lambda: save_final(run.model, run.tokenizer, out / "final", run.state,
+                                                   state_dict=full, objective_tensors=tensors),
+                                f"writing {out / 'final'}")
         for cb in all_callbacks:
             extra = cb.on_train_end(state)
             if extra:
                 history.append({"step": step, **extra})
+    engine.barrier()  # no process leaves before rank 0 has written final/
     return RunResult(out, final_dir, history, eval_history, run.model, run.tokenizer, skipped, nonfinite,
                      interrupted, step)
 
@@ -358,7 +435,7 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], bool]:
     was applied (False: a non-finite loss or gradient was skipped, as ``on_nonfinite='skip'`` asks)."""
     cfg = run.cfg
     t0 = time.perf_counter()
-    run.optimizer.zero_grad(set_to_none=True)
+    run.engine.zero_grad(run.optimizer)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # e.g. SPO's degradations
     agg: dict[str, float] = {}
     seen: dict[str, int] = {}
@@ -366,15 +443,18 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], bool]:
     loss_sum = 0.0
     rows: list[int] = []
     pad_id = getattr(run.source.collate, "pad_id", 0)
-    for _ in range(cfg.grad_accum):
+    engine = run.engine
+    for i in range(cfg.grad_accum):
         mb = run.source.next()
         batch = mb.batch.to(run.device)
         rows += batch.rows
         try:
-            loss, metrics, _ = compute_loss(run.model, run.reference, run.objective, batch, chunk_size=cfg.chunk_size,
-                                            items=mb.items, collate=run.source.collate, generator=gen,
-                                            forward=run.forward, suppliers=run.suppliers)
-            (loss / cfg.grad_accum).backward()
+            # under DDP/FSDP2 the computation is the root module's forward; gradients sync on the last micro-batch
+            with engine.sync(last=i == cfg.grad_accum - 1):
+                loss, metrics, _ = engine.call(lambda: compute_loss(
+                    run.model, run.reference, run.objective, batch, chunk_size=cfg.chunk_size, items=mb.items,
+                    collate=run.source.collate, generator=gen, forward=run.forward, suppliers=run.suppliers))
+                engine.backward(loss / cfg.grad_accum)
         except torch.OutOfMemoryError:
             raise TrainingError(_oom_message(cfg)) from None
         except RuntimeError as err:
@@ -388,7 +468,11 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], bool]:
         tokens += int(batch.attention_mask.sum()) if batch.attention_mask.dim() == 2 \
             else int((batch.input_ids != pad_id).sum())
     agg = {k: v / seen[k] for k, v in agg.items()}
-    gnorm = grad_norm(run.params, cfg.max_grad_norm)
+    if engine.world > 1:  # the step's metrics over every process (each process's mean, averaged)
+        agg = engine.reduce_mean({**agg, "__loss": loss_sum})
+        loss_sum = agg.pop("__loss")
+        tokens = int(engine.reduce_sum(tokens))
+    gnorm = engine.grad_norm(run.params, cfg.max_grad_norm)
     applied = True
     if not (math.isfinite(loss_sum) and math.isfinite(gnorm)):
         what = f"non-finite {'loss' if not math.isfinite(loss_sum) else 'gradient'} at step {step + 1}"
@@ -396,11 +480,11 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], bool]:
             raise TrainingError(f"{what} (batch rows {sorted(rows)[:16]} of {run.data_name}); "
                                 "lower --lr, check those rows, or pass --on-nonfinite skip")
         print(f"preftune: skipped update: {what} (rows {sorted(rows)[:16]})")
-        run.optimizer.zero_grad(set_to_none=True)
+        engine.zero_grad(run.optimizer)
         applied = False
     else:
         try:
-            run.optimizer.step()  # the first step allocates AdamW's state: a common place to run out
+            engine.optimizer_step(run.optimizer)  # the first step allocates AdamW's state: a common place to run out
         except RuntimeError as err:  # torch.OutOfMemoryError included
             if _is_oom(err):
                 raise TrainingError(_oom_message(cfg)) from None
@@ -415,10 +499,26 @@ def train_step(run: Run, step: int) -> tuple[dict[str, float], bool]:
 
 
 def _checkpoint(run: Run, out: Path, step: int) -> None:
-    _io(lambda: save_checkpoint(out, step, run.model, run.optimizer, run.scheduler,
-                                extra={"source": run.source.state_dict(), **run.identity},
-                                keep=run.cfg.keep_checkpoints, objective_state=run.state),
-        f"writing checkpoint step-{step} in {out / 'checkpoints'}")
+    engine = run.engine
+    if engine.world == 1:
+        _io(lambda: save_checkpoint(out, step, run.model, run.optimizer, run.scheduler,
+                                    extra={"source": run.source.state_dict(), **run.identity},
+                                    keep=run.cfg.keep_checkpoints, objective_state=run.state),
+            f"writing checkpoint step-{step} in {out / 'checkpoints'}")
+        return
+    # full tensors, in the one-process format (gathering is a collective), written by rank 0: the checkpoint
+    # resumes on any number of processes
+    weights = engine.full_model_state(run.model)
+    tensors = engine.full_state_tensors(run.state) if has_state(run.state) else None
+    optim = engine.full_optimizer_state(run.optimizer)
+    source_state = run.source.state_dict()
+    if engine.is_main:
+        _io(lambda: save_checkpoint(out, step, run.model, run.optimizer, run.scheduler,
+                                    extra={"source": source_state, **run.identity, "processes": engine.world},
+                                    keep=run.cfg.keep_checkpoints, objective_state=run.state, model_state=weights,
+                                    objective_tensors=tensors, optimizer_state=optim),
+            f"writing checkpoint step-{step} in {out / 'checkpoints'}")
+    engine.barrier()
 
 
 def _io(write: Callable[[], Any], what: str) -> Any:
@@ -471,36 +571,54 @@ def _oom_message(cfg: TrainConfig) -> str:
 @torch.no_grad()
 def evaluate(model: Any, reference: Any, objective: Objective, items: Sequence[Any], collate: Callable,
              cfg: TrainConfig, device: torch.device, *, forward: Forward | None = None,
-             suppliers: Sequence[Supplier] | None = None) -> dict[str, float]:
+             suppliers: Sequence[Supplier] | None = None, engine: Engine | None = None) -> dict[str, float]:
     """Mean loss and metrics of the objective over ``items`` (no gradient; objectives' running state is not
-    updated)."""
+    updated). Over several processes each evaluates every ``world``-th batch and the sums are added up."""
+    engine = engine or Engine()
     was = model.training
     model.eval()
     bs = cfg.eval_batch_size or cfg.batch_size
     tot: dict[str, float] = {}
     weight: dict[str, int] = {}  # a metric absent from a batch (e.g. no desirable example) is not averaged in
-    for i in range(0, len(items), bs):
+    starts = list(range(0, len(items), bs))
+    rounds = math.ceil(len(starts) / engine.world)
+    for j in range(rounds):
+        b = j * engine.world + engine.rank
+        # a process without a batch of its own in the last round repeats the first (weight 0): a sharded
+        # model's forward is a collective, every process must run it
+        i, w_on = (starts[b], 1) if b < len(starts) else (starts[0], 0)
         chunk = list(items[i:i + bs])
         batch = collate(chunk).to(device)
-        loss, metrics, _ = compute_loss(model, reference, objective, batch, chunk_size=cfg.chunk_size, items=chunk,
-                                        collate=collate, generator=torch.Generator().manual_seed(cfg.seed),
-                                        forward=forward, suppliers=suppliers)
-        w = len(chunk)
+        loss, metrics, _ = engine.call(lambda: compute_loss(
+            model, reference, objective, batch, chunk_size=cfg.chunk_size, items=chunk, collate=collate,
+            generator=torch.Generator().manual_seed(cfg.seed), forward=forward, suppliers=suppliers))
+        w = len(chunk) * w_on
         for k, v in {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}.items():
             tot[k] = tot.get(k, 0.0) + v * w
             weight[k] = weight.get(k, 0) + w
     model.train(was)
-    return {k: v / weight[k] for k, v in tot.items()}
+    if engine.world > 1:
+        sums = engine.reduce_mean({**{f"t/{k}": v for k, v in tot.items()}, **{f"w/{k}": v for k, v in weight.items()}})
+        tot = {k: sums[f"t/{k}"] * engine.world for k in tot}
+        weight = {k: sums[f"w/{k}"] * engine.world for k in weight}
+    return {k: v / weight[k] for k, v in tot.items() if weight[k]}
 
 
-def save_final(model: Any, tokenizer: Any, target: Path, objective_state: Any = None) -> Path:
+def save_final(model: Any, tokenizer: Any, target: Path, objective_state: Any = None, *,
+               state_dict: dict[str, torch.Tensor] | None = None,
+               objective_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """``save_pretrained`` (safetensors) + tokenizer, atomically. A LoRA policy is merged into
     its base so that plain ``transformers`` loads ``final/``; the adapter is kept in ``final/adapter``.
-    The objective's own state (e.g. SparsePO's mask head) goes to ``extra_modules.safetensors``."""
-    from ..models.loading import is_peft
+    The objective's own state (e.g. SparsePO's mask head) goes to ``extra_modules.safetensors``.
+    ``state_dict``/``objective_tensors``: those gathered already (a sharded model's full tensors)."""
+    from ..models.loading import is_peft, unwrap
 
     with atomic_path(target, is_dir=True) as tmp:
-        if is_peft(model):
+        if state_dict is not None:
+            if is_peft(model):
+                raise ConfigError("writing final/ of a sharded LoRA policy is not supported; use --distributed ddp")
+            unwrap(model).save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        elif is_peft(model):
             model.save_pretrained(tmp / "adapter")
             import copy
             merged = copy.deepcopy(model).merge_and_unload()
@@ -510,5 +628,6 @@ def save_final(model: Any, tokenizer: Any, target: Path, objective_state: Any = 
         tokenizer.save_pretrained(tmp)
         if has_state(objective_state):
             from safetensors.torch import save_file
-            save_file(state_tensors(objective_state), str(tmp / OBJECTIVE_STATE))
+            save_file(objective_tensors if objective_tensors is not None else state_tensors(objective_state),
+                      str(tmp / OBJECTIVE_STATE))
     return target

@@ -104,12 +104,16 @@ RUN_KEYS = ("model", "data", "split", "loss", "loss_params", "ref", "ref_model",
 _PATH_KEYS = ("model", "data", "ref_model")
 
 
-def run_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings that identify a run, as plain JSON values (paths made absolute)."""
+def run_settings(cfg: TrainConfig, world: int = 1) -> dict[str, Any]:
+    """The settings that identify a run, as plain JSON values (paths made absolute). ``grad_accum`` counts the
+    micro-batches of an optimizer step over all ``world`` processes: a run resumes on another number of processes
+    when that product, and so the global batch, is unchanged."""
     import yaml
 
     d = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
     out = {k: d.get(k) for k in RUN_KEYS if k in d}
+    if isinstance(out.get("grad_accum"), int):
+        out["grad_accum"] *= world
     for k in _PATH_KEYS:
         v = out.get(k)
         if isinstance(v, str) and v and Path(v).exists():
@@ -135,13 +139,13 @@ def _diff(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 def check_same_run(out: Path, cfg: TrainConfig, checkpoint_state: dict[str, Any] | None = None,
                    checkpoint: Path | None = None, *, extra: dict[str, Any] | None = None,
-                   command: str = "train") -> None:
+                   command: str = "train", world: int = 1) -> None:
     """Refuse to resume with other settings: that would silently train a different run under this one's name.
     The checkpoint's recorded identity decides (a checkpoint of another run is refused even when
     ``config.yaml`` was replaced); ``config.yaml`` is compared as well, for the message."""
     import yaml
 
-    now = {**run_settings(cfg), **(extra or {})}
+    now = {**run_settings(cfg, world), **(extra or {})}
     hint = (f"resume it as it was (preftune {command} --config {out / 'config.yaml'} --resume) or start a new run in "
             "another --output")
     if checkpoint_state is not None:
@@ -158,9 +162,21 @@ def check_same_run(out: Path, cfg: TrainConfig, checkpoint_state: dict[str, Any]
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return
     if isinstance(saved, dict):
-        diff = _diff({k: saved[k] for k in RUN_KEYS if k in saved}, {k: v for k, v in now.items() if k in saved})
+        saved = {k: saved[k] for k in RUN_KEYS if k in saved}
+        if isinstance(saved.get("grad_accum"), int):  # config.yaml holds the per-process value
+            saved["grad_accum"] *= _saved_processes(out)
+        diff = _diff(saved, {k: v for k, v in now.items() if k in saved})
         if diff:
             raise ConfigError(f"cannot resume {out} with other settings ({'; '.join(diff)}); " + hint)
+
+
+def _saved_processes(out: Path) -> int:
+    """How many processes the run in ``out`` was started with (``run_info.json``; 1 before that was recorded)."""
+    try:
+        n = json.loads((out / "run_info.json").read_text(encoding="utf-8")).get("processes", 1)
+        return n if isinstance(n, int) and n > 0 else 1
+    except (OSError, ValueError, AttributeError):
+        return 1
 
 
 def truncate_metrics(path: Path, start_step: int, log_every: int = 1) -> list[dict[str, float]]:

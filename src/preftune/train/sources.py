@@ -119,6 +119,12 @@ class OfflineSource(BatchSource):
         chunk = [self.items[i] for i in idx]
         return SourceBatch(self.collate(chunk), chunk)
 
+    def skip(self) -> None:
+        """Pass over the next micro-batch without collating it (another process trains on it)."""
+        while self.batch_in_epoch >= len(self._epoch_order()):
+            self.epoch, self.batch_in_epoch, self._order = self.epoch + 1, 0, None
+        self.batch_in_epoch += 1
+
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
 
