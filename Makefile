@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: this version is a local CPU wheel; anything else pulls CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,bench,dissect,ranking-bench]"
+	$(PY) -m pip install -q -e ".[test,bench,dissect,ranking-bench,deepspeed]"
 	# LibAUC (parity tests of the ranking family): without its dependencies, which would replace torch
 	$(PY) -m pip install -q --no-deps libauc==2.0.1
 	@touch $(STAMP)

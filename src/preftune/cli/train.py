@@ -51,6 +51,8 @@ HELP = {
                    "[deepspeed] extra); --batch-size is per process: the global batch is batch-size x processes "
                    "x grad-accum (docs/distributed.md)",
     "dist_timeout": "seconds a collective waits for the other processes before the run fails",
+    "deepspeed_stage": "with --distributed deepspeed: ZeRO stage 2 (optimizer state and gradients sharded) or 3 "
+                       "(parameters too) (docs/distributed-deepspeed.md)",
     "reward_head": "reward models (preftune rm train): score adds a sequence-classification head (final/ loads with "
                    "AutoModelForSequenceClassification); value adds a linear value head on the causal LM's last "
                    "hidden state, read at the last real token, saved beside the body as value_head.safetensors "
@@ -59,7 +61,7 @@ HELP = {
     "max_prompt_length": "longest prompt in tokens",
     "truncation": "prompt truncation: keep_end (last tokens) or keep_start",
     "on_bad_row": "error (default) stops at the first bad row; skip skips and counts by reason",
-    "layout": "auto (packed for pairs, padded otherwise), padded, prefix_shared (prompt computed once per pair) "
+    "layout": "auto (pairs: packed on CPU, prefix_shared on CUDA; padded otherwise), padded, prefix_shared (prompt computed once per pair) "
               "or packed (no padding)",
     "group_by_length": "batch sequences of similar length together",
     "chunk_size": "positions per chunk of the LM head when computing log-probs",

@@ -90,13 +90,14 @@ class TrainConfig:
     device: str = "auto"
     distributed: str = "auto"       # under torchrun/accelerate launch: ddp (auto), fsdp2 or deepspeed
     dist_timeout: int = 1800        # seconds a collective waits for the other processes before failing
+    deepspeed_stage: int = 2        # --distributed deepspeed: ZeRO stage, 2 (sharded optimizer state + gradients) or 3 (+ parameters)
     reward_head: str = "score"      # reward models: score (sequence-classification head) or value (LM + value head)
     # data ------------------------------------------------------------------------------
     max_length: int | None = 1024
     max_prompt_length: int | None = 512
     truncation: str = "keep_end"    # prompt truncation: keep its end (closest to the answer)
     on_bad_row: str = "error"
-    layout: str = "auto"            # packed for paired data (fastest, docs/benchmarks.md), else padded
+    layout: str = "auto"            # pairs: packed on CPU, prefix_shared on CUDA (docs/benchmarks.md); else padded
     group_by_length: bool = True
     chunk_size: int = 1024
     # evaluation, logging, checkpoints ---------------------------------------------------
@@ -135,6 +136,8 @@ class TrainConfig:
 
         need(self.distributed in ("auto", "ddp", "fsdp2", "deepspeed"), "distributed",
              f"distributed='{self.distributed}' is not allowed; use one of auto, ddp, fsdp2, deepspeed")
+        need(self.deepspeed_stage in (2, 3), "deepspeed_stage",
+             f"deepspeed_stage={self.deepspeed_stage} is not allowed; use 2 or 3")
         need(self.dist_timeout > 0, "dist_timeout", f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         need(self.ref in REF_SOURCES, "ref", f"ref='{self.ref}' is not allowed; use one of {', '.join(REF_SOURCES)}")
         need(self.layout in LAYOUTS, "layout",
