@@ -1,4 +1,4 @@
-"""Self-play on an intransitive judge: rock-paper-scissors (P61 SPPO, P11 INPO against DPO).
+"""Self-play on an intransitive judge: rock-paper-scissors (P61 SPPO, P11 INPO, P47 EGPO against DPO).
 
 The task: whatever the prompt (``g 17:``), answer ``r``, ``p`` or ``s`` (rock, paper, scissors; one-letter words,
 so the arena's character-level model learns them in a few steps). The judge is intransitive:
@@ -23,7 +23,13 @@ Methods (same SFT model, same prompts, same rounds and optimizer steps):
 * ``iterative_dpo``: preftune's iterative DPO with a *scalar* reward, each answer's win rate against the SFT
   policy (the best a reward model fitted to the SFT policy's games can say), best/worst of K as pairs;
 * ``online_dpo``: online DPO whose pairs the same intransitive judge labels (Bradley-Terry labels, DPO loss),
-  the same number of optimizer steps in one run, measured every ``--steps`` steps (its checkpoints).
+  the same number of optimizer steps in one run, measured every ``--steps`` steps (its checkpoints);
+* ``egpo``: ``preftune online --algo egpo`` (:func:`preftune.online.egpo.train_egpo`): the same number of
+  updates in one run, each an extragradient update (two gradient evaluations: a half step against opponents of
+  ``pi_t``, then the step from the saved parameters and optimizer state against opponents of the half-step
+  policy), the online IPO loss with ``tau = --egpo-tau``, measured every ``--steps`` updates (its snapshots);
+* ``online_ipo``: the same run without the half step (``--egpo-half-step false``: one gradient evaluation per
+  update, online mirror descent on the online IPO loss): the ablation that isolates the extragradient.
 
     .venv/bin/python benchmarks/selfplay_rps.py                  # 3 seeds, writes docs/figures/selfplay-rps.png
     .venv/bin/python benchmarks/selfplay_rps.py --seeds 0 --rounds 2 --methods sppo   # a quick look
@@ -168,12 +174,24 @@ def run_method(method: str, sft: Path, out: Path, seed: int, args) -> list[dict]
                                            **{k: v for k, v in sampling.items() if k != "rounds"}))
         except ConfigError as e:  # collapsed: both samples equal for (nearly) every prompt, no pair left
             print(f"online_dpo seed {seed}: {e}; the policy stays where it is", flush=True)
+    elif method in ("egpo", "online_ipo"):
+        # one run of rounds * steps extragradient updates, a snapshot every `steps` updates: the measured "rounds"
+        cfg = TrainConfig(**{**base, "max_steps": args.steps * args.rounds, "save_every": args.steps,
+                             "keep_checkpoints": args.rounds + 1}, loss="egpo", tau=args.egpo_tau)
+        train_online(cfg, OnlineConfig(algo="egpo", num_generations=args.egpo_opponents,
+                                       egpo_half_step=method == "egpo",
+                                       preference_fn=f"{Path(__file__).resolve()}:rps_preference",
+                                       **{k: v for k, v in sampling.items() if k != "rounds"}))
     else:
         raise SystemExit(f"unknown method {method}")
     secs = time.perf_counter() - t0
+    last = args.rounds * args.steps
     dirs = [sft] + ([out / f"round-{t}" / "final" for t in range(1, args.rounds + 1)]
-                    if method != "online_dpo" else
-                    [out / "checkpoints" / f"step-{t * args.steps}" for t in range(1, args.rounds + 1)])
+                    if method not in ("online_dpo", "egpo", "online_ipo") else
+                    [out / "checkpoints" / f"step-{t * args.steps}" for t in range(1, args.rounds + 1)]
+                    if method == "online_dpo" else
+                    [out / ("final" if t * args.steps == last else f"snapshots/step-{t * args.steps}")
+                     for t in range(1, args.rounds + 1)])
     for t in range(1, len(dirs)):  # a round that had nothing to train on left the policy unchanged
         if not dirs[t].is_dir():
             dirs[t] = dirs[t - 1]
@@ -193,7 +211,8 @@ def run_method(method: str, sft: Path, out: Path, seed: int, args) -> list[dict]
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=["sppo", "inpo", "inpo_kl", "iterative_dpo", "online_dpo"])
+    ap.add_argument("--methods", nargs="+", default=["sppo", "inpo", "inpo_kl", "iterative_dpo", "online_dpo",
+                                                     "egpo", "online_ipo"])
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--steps", type=int, default=16, help="optimizer steps per round")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -205,6 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tau", type=float, default=0.0, help="INPO's tau (method inpo)")
     ap.add_argument("--kl-tau", type=float, default=0.25, help="INPO's tau (method inpo_kl)")
     ap.add_argument("--dpo-beta", type=float, default=0.1)
+    ap.add_argument("--egpo-tau", type=float, default=0.1, help="EGPO's tau (the authors' beta = 0.1)")
+    ap.add_argument("--egpo-opponents", type=int, default=1, help="EGPO's opponents y'' per prompt (authors: 1)")
     ap.add_argument("--out", default="", help="work directory (default: a temporary one)")
     ap.add_argument("--json", default="", help="write every row here")
     ap.add_argument("--figure", default="docs/figures/selfplay-rps.png")
@@ -245,6 +266,20 @@ def mirror_step(dist: torch.Tensor, ref: torch.Tensor, eta: float, tau: float = 
     return w / w.sum()
 
 
+def regularised_nash(ref: torch.Tensor, tau: float, iters: int = 4000) -> torch.Tensor:
+    """The Nash policy of the game regularised by ``tau KL(pi || ref)``, the fixed point EGPO's steps approach
+    (P47): exact extragradient mirror steps on the three answers, ``eta tau <= 1/2``."""
+    A, r = pref_matrix(), ref.double()
+    eta = min(1.0, 0.5 / tau)
+    pi = r.clone()
+    for _ in range(iters):
+        def step(opp):
+            w = pi.pow(1 - eta * tau) * r.pow(eta * tau) * torch.exp(eta * (A @ opp))
+            return w / w.sum()
+        pi = step(step(pi))
+    return pi
+
+
 def step_fidelity(rows, method: str, args) -> tuple[float, float]:
     """Mean total-variation distance between each learned round and the exact mirror step from the round
     before, and (for scale) the mean distance the round moved."""
@@ -279,6 +314,11 @@ def _summary(rows, args) -> None:
         if m in ("sppo", "inpo", "inpo_kl"):
             gap, move = step_fidelity(rows, m, args)
             print(f"{'':>16}per round: TV(learned, exact mirror step) {gap:.3f}, TV(learned, previous) {move:.3f}")
+        if m in ("egpo", "online_ipo"):
+            nash = [exploitability(regularised_nash(torch.tensor(r["dist"]), args.egpo_tau))
+                    for r in rows if r["method"] == m and r["round"] == 0]
+            print(f"{'':>16}the tau = {args.egpo_tau} regularised Nash policy (towards each seed's SFT policy): "
+                  f"exploitability {sum(nash) / len(nash):.3f} (mean over seeds)")
         best = [min(r["exploitability"] for r in rows if r["method"] == m and r["seed"] == s) for s in args.seeds]
         print(f"{'':>16}lowest exploitability of any round: {st.mean(best):.3f} (mean over seeds)")
     sft = [r for r in rows if r["round"] == 0]
@@ -293,7 +333,8 @@ def _figure(rows, args) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    colors = {"sppo": "C0", "inpo": "C2", "inpo_kl": "C4", "iterative_dpo": "C3", "online_dpo": "C1"}
+    colors = {"sppo": "C0", "inpo": "C2", "inpo_kl": "C4", "iterative_dpo": "C3", "online_dpo": "C1", "egpo": "C5",
+              "online_ipo": "C7"}
     for m in args.methods:
         for s in args.seeds:
             rs = sorted((r for r in rows if r["method"] == m and r["seed"] == s), key=lambda r: r["round"])
@@ -312,7 +353,7 @@ def _figure(rows, args) -> None:
     a1.set_xlabel("round")
     a1.set_ylabel("exploitability  max_y P(y > pi) - 1/2")
     a1.set_title(f"rock-paper-scissors judge (P = {P_WIN}); seeds {args.seeds}")
-    a1.legend(fontsize=7)
+    a1.legend(fontsize=6, ncol=2)
     a2.plot([0], [1 / 3], "k*", markersize=12, label="Nash (uniform)")
     a2.set_xlabel("p(paper) - p(scissors)")
     a2.set_ylabel("p(rock)")

@@ -42,8 +42,10 @@ def test_objective_trains_one_step_through_the_trainer(name, tiny, tiny_dir, tmp
 
     model, tok = tiny
     obj = get(name)
-    cfg = TrainConfig(output=str(tmp_path / name), loss=name, max_steps=2, batch_size=4, lr=1e-3,
-                      progress=False, group_by_length=False, save_final=False)
+    # P60 distillation needs a teacher with the student's tokenizer: the student itself (KL 0, advantage 0)
+    teachers = {k: str(tiny_dir) for k in ("teacher_model", "teacher_ref_model") if k in obj.hyperparameters()}
+    cfg = TrainConfig(output=str(tmp_path / name), loss=name, loss_params=teachers, max_steps=2, batch_size=4,
+                      lr=1e-3, progress=False, group_by_length=False, save_final=False)
     if "scores" in obj.needs:  # a reward-model objective: the same loop with the reward model's forward
         from preftune.reward import train_reward_model
         from preftune.reward.model import load_reward_model
@@ -57,6 +59,9 @@ def test_objective_trains_one_step_through_the_trainer(name, tiny, tiny_dir, tmp
     assert res.steps == 2
     if name == "dpo":
         assert first["loss"] == pytest.approx(math.log(2), rel=1e-5)
+    if teachers:  # distilling a model into itself: zero loss and no gradient (the limit case)
+        assert first["loss"] == pytest.approx(0.0, abs=1e-5)
+        return
     if name == "rejected_floor":  # inactive until the rejected log-ratio falls below -tau: no gradient at start
         assert first["loss"] == 0.0
         return

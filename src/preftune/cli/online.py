@@ -34,8 +34,23 @@ ONLINE_HELP = {
     "on_bad_reward": "error (default): a reward that is NaN, the wrong count or raises stops the run with the step "
                      "and prompt; skip: such completions get no score (advantage 0) and are counted",
     "log_completions": "write every completion to OUTPUT/completions.jsonl",
-    "rounds": "iterative_dpo, rso, sppo, inpo: rounds of generate -> label -> train",
+    "rounds": "iterative_dpo, rso, sppo, inpo, upo, drift, osp: rounds of generate -> label -> train",
     "rso_beta": "rso: beta of the rejection sampler's target pi_sft exp(r / beta) (small: nearly best-of-K)",
+    "upo_estimator": "upo: the preference estimator, a reward-model directory (preftune rm train --disable-dropout false) judged with MC dropout",
+    "mc_dropout_passes": "upo: T, the estimator's stochastic forward passes per pair (BALD and the majority vote)",
+    "mc_dropout_rate": "upo: > 0 sets every dropout rate of the estimator for MC dropout (0: the estimator's own)",
+    "upo_easy_rate": "upo: share of the pairs the estimator agrees with drawn as easy, with weight 1 - BALD",
+    "upo_hard_rate": "upo: share of the pairs the estimator agrees with drawn as hard, with weight BALD",
+    "egpo_pairs": "egpo: sample the pairs y, y' from the policy being stepped from (policy) or from pi_ref (ref)",
+    "egpo_half_step": "egpo: false drops the extragradient half step: plain online IPO (the authors' estimate_extra_grad=False)",
+    "osp_judge": "osp: who judges the K samples: self (the policy, with --osp-template), reward (--reward-fn/--reward-model/--task) or preference (--preference-fn)",
+    "osp_template": "osp: the self-judge's prompt, a Python format string with the fields prompt, a and b",
+    "osp_verdicts": "osp: the self-judge's two answers, comma-separated: 'a is better', 'b is better'",
+    "osp_pairing": "osp: ranked pairing of the K ranked samples: nested (1st with Kth, 2nd with (K-1)th, ...) or all",
+    "generation_process": "grpo, rloo, reinforce, online_dpo: generate and score in a separate process the trainer starts, which gets the weights after each step (docs/online-async.md)",
+    "max_staleness": "--generation-process: generation batch g is sampled with the weights of N optimizer steps before it is trained on, overlapping generation and training (N > 0: grpo family only, the sampler's log-probs correct the clipped ratio); 0: exactly the in-process run",
+    "weight_sync_timeout": "--generation-process: seconds any wait on the other process may take (a generation batch; a training step); past it the run ends with one line",
+    "dsat_column": "drift: the --prompts column with each row's dissatisfied response (a string or an assistant message)",
 }
 
 

@@ -57,9 +57,13 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("sppo", "selfplay", "sppo", 4,
               "SPPO (P61, Wu et al. 2024): rounds of K samples of pi_t, each one's win rate against the others "
               "by --preference-fn (or a reward, as Bradley-Terry), squared loss to eta (win rate - 1/2)"),
+    Algorithm("drift", "custom", "dpo", 1, "DRIFT (P14, Wang et al. 2025): rounds of DPO on (a sample of pi_t, a logged dissatisfied response from --prompts' --dsat-column), pi_t as reference; no reward needed", runner="preftune.online.drift:train_drift", needs_judge=False),
     Algorithm("inpo", "selfplay", "inpo", 2,
               "INPO (P11, Zhang et al. 2024): rounds of pairs of pi_t labelled by --preference-fn, squared loss "
               "(h_t - eta/2)^2 towards pi_t^(1 - eta tau) pi_ref^(eta tau) exp(eta P(y > pi_t))"),
+    Algorithm("egpo", "custom", "egpo", 1, "EGPO (P47, Zhou et al. 2025): extragradient steps on the online IPO loss (--tau) -- a half step against opponents y'' of pi_t, then the step from the saved parameters and optimizer state against opponents of the half-step policy; --num-generations opponents per prompt, judged by --preference-fn (or a reward, as Bradley-Terry)", runner="preftune.online.egpo:train_egpo"),
+    Algorithm("upo", "custom", "dpo", 4, "UPO (P54, Wang et al. 2024): rounds of K samples -> reward-labelled pairs -> an MC-dropout estimator (--upo-estimator) drops pairs it votes against and samples easy/hard ones by BALD -> DPO", runner="preftune.online.upo:train_upo"),
+    Algorithm("osp", "custom", "spce", 4, "OSP (P28, Zhai et al. 2024): rounds of K samples of pi_t judged by pi_t itself (--osp-template; no reward needed), ranked pairing into pairs with preference strengths, soft-preference cross-entropy (spce)", runner="preftune.online.self_preferring:train_self_preferring", needs_judge=False),
 )}
 
 
@@ -85,6 +89,21 @@ class OnlineConfig:
     log_completions: bool = True
     rounds: int = 3                      # iterative_dpo, rso, sppo, inpo
     rso_beta: float = 0.5                # rso: the temperature of the rejection sampler's target pi exp(r / beta)
+    egpo_pairs: str = "policy"           # egpo: y, y' sampled from the policy stepped from ("policy") or pi_ref ("ref")
+    egpo_half_step: bool = True          # egpo: False drops the extragradient half step (online IPO, an ablation)
+    upo_estimator: str = ""              # upo: the preference estimator, a reward-model directory (MC dropout)
+    mc_dropout_passes: int = 10          # upo: T stochastic forward passes of the estimator (the authors' 10)
+    mc_dropout_rate: float = 0.0         # upo: > 0 sets every dropout rate of the estimator (0: keep its own)
+    upo_easy_rate: float = 0.5           # upo: share of the agreeing pairs drawn as easy (weight 1 - BALD)
+    upo_hard_rate: float = 0.1           # upo: share of the agreeing pairs drawn as hard (weight BALD)
+    dsat_column: str = "rejected"        # drift: the --prompts column holding the logged dissatisfied response
+    osp_judge: str = "self"              # osp: who judges the samples: self (the policy), reward or preference
+    osp_template: str = "{prompt} A:{a} B:{b} better:"  # osp: the self-judge's prompt ({prompt}, {a}, {b})
+    osp_verdicts: str = "A,B"            # osp: the judge's two answers, 'a is better' and 'b is better'
+    osp_pairing: str = "nested"          # osp: ranked pairing: nested (1st-Kth, 2nd-(K-1)th, ...) or all
+    generation_process: bool = False     # generate and score in a separate process (online/async_source.py)
+    max_staleness: int = 0               # --generation-process: batches sampled with weights N optimizer steps old
+    weight_sync_timeout: float = 600.0   # --generation-process: seconds any wait on the other process may take
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -133,6 +152,11 @@ class OnlineConfig:
         need(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
         need(self.rso_beta > 0, f"rso_beta must be > 0, got {self.rso_beta}")
         need(self.task_prompts >= 1, f"task_prompts must be >= 1, got {self.task_prompts}")
+        need(not self.generation_process or src in ("group", "pair"),
+             f"--generation-process takes grpo, rloo, reinforce or online_dpo, not {self.algo}")
+        need(self.max_staleness >= 0, f"max_staleness must be >= 0, got {self.max_staleness}")
+        need(self.weight_sync_timeout > 0, f"weight_sync_timeout must be > 0, got {self.weight_sync_timeout}")
+        need(self.generation_process or self.max_staleness == 0, "--max-staleness needs --generation-process")
         need(self.preference_fn is None or src in ("pair", "selfplay", "custom"),
              f"--preference-fn judges pairs of samples: it is for online_dpo, sppo and inpo, not {self.algo}")
         need(self.preference_fn is None or src in ("selfplay", "custom") or self.k == 2,

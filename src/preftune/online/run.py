@@ -115,9 +115,11 @@ def train_online(cfg: TrainConfig, online: OnlineConfig, *, model: Any = None, t
         per_batch = cfg.batch_size // k
     else:
         per_batch = cfg.batch_size  # pairs (prompts), as TRL's OnlineDPO
-    source = make_source(online, prompts, reward, tokenizer=tokenizer, layout=cfg.layout, batch_prompts=per_batch,
-                         grad_accum=cfg.grad_accum, seed=cfg.seed, chunk_size=cfg.chunk_size, log_dir=cfg.output,
-                         name=name)
+    from .async_source import make_async_source  # --generation-process: a process of its own generates
+
+    source = (make_async_source if online.generation_process else make_source)(
+        online, prompts, reward, tokenizer=tokenizer, layout=cfg.layout, batch_prompts=per_batch,
+        grad_accum=cfg.grad_accum, seed=cfg.seed, chunk_size=cfg.chunk_size, log_dir=cfg.output, name=name)
     source.batches_per_epoch = math.ceil(len(prompts) / per_batch) * online.num_iterations  # type: ignore[attr-defined]
     return train(cfg, model=model, tokenizer=tokenizer, source=source, forward=OnlineForward(source),
                  callbacks=[*callbacks, CompletionsLog(source)])
