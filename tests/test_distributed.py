@@ -117,6 +117,19 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(work, one_process, 
     assert_same_steps(one_process, metrics(work / out))
 
 
+def test_accelerate_launch_runs_the_same_training(work, one_process):
+    """accelerate's launcher (on CPU: --multi_gpu with ACCELERATE_USE_CPU, or it starts one process only)."""
+    env = {**_env(), "ACCELERATE_USE_CPU": "true"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "preftune", *train_args("accel", 1, "--eval-data", "eval.jsonl", "--eval-every", "2")]
+    p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads((work / "accel" / "run_info.json").read_text())
+    assert (info["engine"], info["processes"], info["backend"]) == ("ddp", 2, "gloo")
+    assert_same_steps(one_process, metrics(work / "accel"))
+
+
 def test_a_resume_with_another_global_batch_is_refused(work):
     out = "resume-refused"
     launch(1, *train_args(out, 2), cwd=work)

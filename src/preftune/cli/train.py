@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Any
 
@@ -211,6 +212,8 @@ def report_run(result: Any, keys: tuple[str, ...], what: str) -> int:
     """The end of a training command: its last metrics and where the model is, on stderr; the exit code."""
     if result.interrupted:
         return 130
+    if os.environ.get("RANK", "0") not in ("", "0"):  # under a launcher, rank 0 reports for every process
+        return 0
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k}={last[k]:.4f}" for k in keys if k in last)
     print(f"preftune: trained {result.steps} steps; {summary}", file=sys.stderr)
