@@ -162,6 +162,32 @@ def test_online_grpo_on_two_processes_samples_and_learns_as_one(work):
     assert len(one) == 3 * 8 and one == two  # every process's samples, logged once, as one process samples them
 
 
+def test_online_resume_inside_a_reused_generation_batch(work):
+    """GRPO with --num-iterations 2 checkpointed after step 1, in the middle of a generation batch: every
+    process's samples are in the checkpoint, and each continues on its own."""
+    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"{a}+{b}="}) + "\n"
+                                                for a in range(4) for b in range(4)))
+    (work / "reward.py").write_text("def fn(prompts, completions, **kw):\n"
+                                    "    return [sum(c.isdigit() for c in t) / (1 + len(t)) for t in completions]\n")
+
+    def run(out, *more):
+        launch(2, "online", "--algo", "grpo", "--model", "model", "--prompts", "prompts.jsonl", "--reward-fn",
+               "reward.py:fn", "--num-generations", "2", "--batch-size", "4", "--num-iterations", "2",
+               "--max-new-tokens", "4", "--max-steps", "3", "--lr", "1e-3", "--no-progress", "--save-every", "1",
+               "--keep-checkpoints", "5", "--output", out, *more, cwd=work)
+
+    run("it-full")
+    run("it-resumed")
+    import shutil
+
+    for s in (2, 3):
+        shutil.rmtree(work / "it-resumed" / "checkpoints" / f"step-{s}")
+    shutil.rmtree(work / "it-resumed" / "final")
+    run("it-resumed", "--resume")
+    full, resumed = metrics(work / "it-full"), metrics(work / "it-resumed")
+    assert_same_steps(full, resumed, keys=("loss", "grad_norm", "reward"))
+
+
 def test_reward_model_training_on_two_processes(work):
     launch(1, "rm", "train", "--model", "model", "--data", "pairs.jsonl", "--max-steps", "3", "--batch-size", "4",
            "--grad-accum", "2", "--lr", "1e-3", "--no-progress", "--output", "rm-one", cwd=work)

@@ -56,11 +56,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_other_ranks() -> None:
-    """Under torchrun / accelerate launch only rank 0 reports (errors, on stderr, still come from every rank)."""
+    """Under torchrun / accelerate launch only rank 0 reports (errors, on stderr, still come from every rank), and
+    each process takes its own GPU before anything is loaded (a reward model loaded before training would
+    otherwise land on cuda:0 in every process)."""
     import os
 
     if os.environ.get("RANK", "0") not in ("", "0"):
         sys.stdout = open(os.devnull, "w")
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1") and "LOCAL_RANK" in os.environ:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
 
 
 def _apply_global_options(args: argparse.Namespace) -> None:

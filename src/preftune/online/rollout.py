@@ -99,6 +99,12 @@ class RolloutSource(BatchSource):
         policy outside training (under FSDP2 its sharded root's forward)."""
         self.model, self.device, self.objective = model, device, objective
         self.infer = engine.infer if engine is not None else (lambda fn: fn())
+        if engine is not None and engine.world > 1 and not self.exact_shards and engine.name != "ddp":
+            # each process draws again on ties as often as its own samples need: with a sharded model every
+            # generate is a collective, and the processes would wait on each other forever
+            raise ConfigError(f"--algo {self.online.algo} draws again on tied pairs, a number of generate calls "
+                              f"that differs between processes; under --distributed {engine.name} that is a "
+                              "collective each time: use --distributed ddp")
 
     def shard(self, rank: int, world: int) -> None:
         """Process ``rank`` of ``world`` makes micro-batches ``rank * grad_accum ... (rank + 1) * grad_accum - 1``
@@ -161,17 +167,36 @@ class RolloutSource(BatchSource):
         self._pending.clear()
 
     def state_dict(self) -> dict[str, Any]:
+        """The position (``served`` counted over all processes, so that a checkpoint resumes on another number of
+        them) and a generation batch still in use -- every process's part, gathered (a collective)."""
         state: dict[str, Any] = {"epoch": self.epoch, "cursor": self.cursor, "generation": self.generation,
-                                 "served": self.served, "buffer_pos": self.buffer_pos, "skipped": dict(self.skipped)}
-        if self.buffer_pos < len(self.buffer) * self.online.num_iterations:  # a generation batch still in use
+                                 "served": self.served * self.world, "buffer_pos": self.buffer_pos,
+                                 "skipped": dict(self.skipped), "world": self.world}
+        in_use = self.buffer_pos < len(self.buffer) * self.online.num_iterations  # a generation batch still in use
+        if self.world > 1:
+            from ..train.distributed import gather_to_main
+
+            parts = gather_to_main([_entry_state(e) for e in self.buffer] if in_use else [])
+            if any(parts):
+                state["buffers"] = parts
+        elif in_use:
             state["buffer"] = [_entry_state(e) for e in self.buffer]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_world = int(state.get("world", 1))
+        if saved_world != self.world and (not self.exact_shards or "buffers" in state or
+                                          (saved_world == 1 and state.get("buffer"))):
+            why = ("its processes took every world-th prompt" if not self.exact_shards
+                   else "it stopped inside a generation batch that is trained on again (--num-iterations)")
+            raise ConfigError(f"this online run was checkpointed on {saved_world} process(es) and {why}: resume it "
+                              f"on {saved_world}, or from a checkpoint at the end of a generation batch")
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-        self.generation, self.served = int(state["generation"]), int(state["served"])
+        self.generation = int(state["generation"])
+        self.served = int(state["served"]) // self.world
         self.skipped = {str(k): int(v) for k, v in state.get("skipped", {}).items()}
-        self.buffer = [_entry_from_state(e, self.kind_name) for e in state.get("buffer", [])]
+        entries = state["buffers"][self.rank] if "buffers" in state else state.get("buffer", [])
+        self.buffer = [_entry_from_state(e, self.kind_name) for e in entries]
         self.buffer_pos = int(state["buffer_pos"]) if self.buffer else 0
         self._truncate_log(self.served // max(1, self.grad_accum))
 

@@ -85,6 +85,11 @@ def train_online(cfg: TrainConfig, online: OnlineConfig, *, model: Any = None, t
     cfg = online_train_config(cfg, online, loss_given=loss_given)
     if cfg.ref == "precomputed":
         raise ConfigError("--ref precomputed needs a fixed dataset; an online run samples its own: use --ref model")
+    if cfg.distributed == "deepspeed" and cfg.deepspeed_stage == 3:
+        # ZeRO-3 gathers parameters in every forward: generation would need every process to run the same number
+        # of decoding steps (synced_gpus), which nothing here arranges yet
+        raise ConfigError("online training under DeepSpeed ZeRO-3 is not supported; use --distributed fsdp2 or "
+                          "--deepspeed-stage 2")
     tokenizer = load_tokenizer_for(cfg, tokenizer)
     if online.algorithm.needs_judge and not (online.reward_fn or online.reward_model or online.task
                                              or online.preference_fn or reward_functions):

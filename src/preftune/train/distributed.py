@@ -145,7 +145,7 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "processes": self.world}
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         pass
 
 
@@ -206,10 +206,13 @@ class _Distributed(Engine):
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "processes": self.world, "backend": self.dist.get_backend()}
 
-    def close(self) -> None:
-        # a barrier before the group goes: without it, one rank's teardown aborts another's last collective
+    def close(self, ok: bool = True) -> None:
+        # after a run: a barrier before the group goes (without it, one rank's teardown aborts another's last
+        # collective). After an error: no collective -- the other ranks may be waiting in another one; leaving
+        # lets the launcher end them, and the original error is what gets reported
         if self.dist.is_initialized():
-            self.dist.barrier()
+            if ok:
+                self.dist.barrier()
             self.dist.destroy_process_group()
 
 
@@ -223,10 +226,11 @@ class DDPEngine(_Distributed):
 
         root = _Root(model, state)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        # an objective's own module may sit out a batch: then look for unused parameters each step (an extra pass
-        # over the graph) rather than hang at the next all-reduce; the policy's parameters are all used
-        unused = state is not None and any(True for _ in state.parameters())
-        self.root = DDP(root, device_ids=ids, find_unused_parameters=unused)
+        # a trainable parameter may get no gradient (an objective's module that sits out a batch, the untied LM
+        # head of a value-head reward model, an MoE expert no token reached): look for unused parameters each step
+        # (an extra pass over the graph) rather than fail at the next all-reduce. Buffers are not broadcast from
+        # rank 0: an objective's running statistics stay each process's own (docs/distributed.md)
+        self.root = DDP(root, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
 
     @contextlib.contextmanager
     def sync(self, last: bool) -> Iterator[None]:
@@ -289,6 +293,13 @@ class FSDP2Engine(_Distributed):
         return root
 
     def wrap(self, model: Any, state: Any, reference: Any = None) -> None:
+        import inspect
+
+        from ..models.loading import unwrap
+
+        if "state_dict" not in inspect.signature(unwrap(model).save_pretrained).parameters:
+            raise ConfigError(f"{type(unwrap(model)).__name__} cannot write final/ from gathered shards (its "
+                              "save_pretrained takes no state_dict); use --distributed ddp")
         # every process starts from rank 0's weights, as DDP makes sure: a freshly initialised head (a reward
         # model's score head) would otherwise differ from process to process and be sharded as one tensor
         for t in [*model.parameters(), *model.buffers(), *(state.parameters() if state is not None else [])]:

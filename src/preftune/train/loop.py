@@ -132,9 +132,13 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
 
     owns_group = not (dist.is_available() and dist.is_initialized())
     engine = make_engine(cfg, rank_device(pick_device(cfg.device)))
+    ok = False
     try:
         if engine.world == 1:
-            return _train_in(cfg, engine, model, tokenizer, train_examples, eval_examples, callbacks, forward, source)
+            result = _train_in(cfg, engine, model, tokenizer, train_examples, eval_examples, callbacks, forward,
+                               source)
+            ok = True
+            return result
         # rank 0 checks and owns the run directory; the others learn whether that failed rather than wait forever
         err, prepared = None, None
         if engine.is_main:
@@ -145,11 +149,13 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None,
         err = engine.broadcast_object(err)
         if err is not None:
             raise ConfigError(err)
-        return _train_in(cfg, engine, model, tokenizer, train_examples, eval_examples, callbacks, forward, source,
-                         prepared)
+        result = _train_in(cfg, engine, model, tokenizer, train_examples, eval_examples, callbacks, forward, source,
+                           prepared)
+        ok = True
+        return result
     finally:
         if owns_group:
-            engine.close()
+            engine.close(ok)
 
 
 def _train_in(cfg: TrainConfig, engine: Engine, model: Any, tokenizer: Any, train_examples: Any, eval_examples: Any,
@@ -259,10 +265,20 @@ def _train(cfg: TrainConfig, out: Path, *, model: Any, tokenizer: Any, train_exa
             raise ConfigError(f"{source.name} cannot be split over processes (it has no skip() or shard())")
     objective.bind(model)  # e.g. SparsePO's learned mask head, sized by the policy
     state = objective_state(objective).to(device)
+    if engine.world > 1 and any(True for _ in state.buffers()) and engine.is_main:
+        print(f"preftune: warning: objective '{objective.name}' keeps running statistics "
+              f"({', '.join(n for n, _ in state.named_buffers())}); each process updates its own from its own "
+              "micro-batches, so the run is not the one-process run (docs/distributed.md)")
     engine.wrap(model, state, reference)
     if hasattr(source, "bind"):  # a rollout source samples from the live policy
-        source.bind(model=model, tokenizer=tokenizer, reference=reference, device=device, config=cfg,
-                    objective=objective, engine=engine)
+        import inspect
+
+        kw = dict(model=model, tokenizer=tokenizer, reference=reference, device=device, config=cfg,
+                  objective=objective)
+        params = inspect.signature(source.bind).parameters
+        if "engine" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kw["engine"] = engine  # how to run the policy outside training (a sharded model's root)
+        source.bind(**kw)
     params = [p for p in model.parameters() if p.requires_grad] + list(state.parameters())
     optimizer, scheduler = build_optimizer(params, cfg, total)
     optimizer, scheduler = engine.prepare_optimizer(optimizer, scheduler)  # DeepSpeed wraps the optimizer
@@ -600,15 +616,19 @@ def evaluate(model: Any, reference: Any, objective: Objective, items: Sequence[A
         loss, metrics, _ = engine.call(lambda: compute_loss(
             model, reference, objective, batch, chunk_size=cfg.chunk_size, items=chunk, collate=collate,
             generator=torch.Generator().manual_seed(cfg.seed), forward=forward, suppliers=suppliers))
-        w = len(chunk) * w_on
+        if not w_on:  # the stand-in batch: run for the collectives only
+            continue
+        w = len(chunk)
         for k, v in {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}.items():
             tot[k] = tot.get(k, 0.0) + v * w
             weight[k] = weight.get(k, 0) + w
     model.train(was)
-    if engine.world > 1:
-        sums = engine.reduce_mean({**{f"t/{k}": v for k, v in tot.items()}, **{f"w/{k}": v for k, v in weight.items()}})
-        tot = {k: sums[f"t/{k}"] * engine.world for k in tot}
-        weight = {k: sums[f"w/{k}"] * engine.world for k in weight}
+    if engine.world > 1:  # the same keys everywhere (a process may have had no batch of its own), then summed
+        keys = sorted(set().union(*engine.gather_objects(sorted(tot))))
+        sums = engine.reduce_mean({**{f"t/{k}": tot.get(k, 0.0) for k in keys},
+                                   **{f"w/{k}": float(weight.get(k, 0)) for k in keys}})
+        tot = {k: sums[f"t/{k}"] * engine.world for k in keys}
+        weight = {k: sums[f"w/{k}"] * engine.world for k in keys}
     return {k: v / weight[k] for k, v in tot.items() if weight[k]}
 
 
