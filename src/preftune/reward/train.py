@@ -44,7 +44,9 @@ def train_reward_model(config: TrainConfig, *, model: Any = None, tokenizer: Any
             raise ConfigError("no model given: set --model")
         import torch
 
-        torch.manual_seed(cfg.seed)  # the new score head's initialisation follows --seed
+        # the new score head's initialisation follows --seed, not whatever drew from the global generator before
+        # (importing DeepSpeed, which transformers does when it is installed, changed it)
+        torch.manual_seed(cfg.seed)
         with quiet_transformers(not cfg.progress):
             model = load_reward_model(cfg.model, tokenizer=tokenizer, dtype=cfg.dtype,
                                       trust_remote_code=cfg.trust_remote_code, device=pick_device(cfg.device))
