@@ -161,10 +161,9 @@ def train_drift(cfg: Any, online: Any, prompts: list[Prompt], reward: Any, *, mo
     """``preftune online --algo drift``: ``online.rounds`` rounds of P14's pairs (policy sample vs logged DSAT
     response) trained with ``cfg.loss`` (DPO by default), the round's starting policy as the reference. Returns
     the last round's :class:`~preftune.train.loop.RunResult` with every round's history."""
-    from ..data.types import TokenizedPair
     from ..models.generate import generate
     from .prompts import columns_for
-    from .rounds import run_rounds
+    from .rounds import pair_items, run_rounds
 
     if isinstance(online.prompts, str) and not online.prompts:
         raise ConfigError("drift learns from a log of dissatisfied responses: give --prompts FILE whose rows hold "
@@ -205,13 +204,8 @@ def train_drift(cfg: Any, online: Any, prompts: list[Prompt], reward: Any, *, mo
                         chosen_wins=sum(c > r for c, r in scored) / len(scored))
         return rows, info
 
-    def make_items(rows: list[dict[str, Any]]) -> list[Any]:
-        # the positives as sampled and the negatives as tokenized once, token for token
-        return [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], row=i + 1)
-                for i, r in enumerate(rows)]
-
     return run_rounds(cfg, online.rounds, name="drift", kind="pair", data_file="pairs.jsonl", make_rows=make_rows,
-                      make_items=make_items, model=model, tokenizer=tokenizer, callbacks=callbacks)
+                      make_items=pair_items, model=model, tokenizer=tokenizer, callbacks=callbacks)
 
 
 __all__ = ["DsatRow", "drift_pairs", "dsat_ids", "dsat_rows", "dsat_text", "train_drift"]

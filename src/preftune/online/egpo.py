@@ -221,7 +221,7 @@ def train_egpo(cfg: Any, online: Any, prompts: list[Any], reward_or_preference: 
     from ..train.rundir import (append_metrics, clear_run, prepare_run_dir, remove_stale_temps, run_lock,
                                 write_config)
     from ..train.setup import load_policy, pick_device, quiet_transformers
-    from .rewards import load_reward_fn
+    from .selfplay import judge_sources
 
     if cfg.resume:
         raise ConfigError("egpo does not resume (the extragradient step keeps no resumable checkpoint); start over "
@@ -235,15 +235,7 @@ def train_egpo(cfg: Any, online: Any, prompts: list[Any], reward_or_preference: 
         raise ConfigError("egpo: no prompts")
     if callbacks:  # they hook into the trainer's loop, which this runner does not use
         print(f"preftune: egpo: {len(callbacks)} callback(s) given are not run (egpo has its own update loop)")
-    prefer = load_reward_fn(online.preference_fn).fn if online.preference_fn else None
-    reward = None
-    if prefer is None:
-        if hasattr(reward_or_preference, "parts"):
-            reward = reward_or_preference
-        elif callable(reward_or_preference):
-            prefer = reward_or_preference
-        else:
-            raise ConfigError("egpo needs a preference function (--preference-fn FILE.py:FN) or a reward")
+    prefer, reward = judge_sources(online, reward_or_preference, "egpo")
     objective = build_objective(cfg.loss, **cfg.loss_params)
     if objective.name != "egpo":
         raise ConfigError(f"--algo egpo trains the egpo objective (online IPO), not {objective.name}")

@@ -92,6 +92,14 @@ def run_rounds(cfg: Any, rounds: int, *, name: str, kind: str, data_file: str, m
     return result
 
 
+def pair_items(rows: list[dict[str, Any]]) -> list[Any]:
+    """A round's pair rows as tokenized pairs, token for token as sampled (decoding and re-encoding text need not
+    give the same ids)."""
+    from ..data.types import TokenizedPair
+
+    return [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], row=i + 1) for i, r in enumerate(rows)]
+
+
 def read_round(rdir: Path) -> dict[str, Any]:
     try:
         return json.loads((rdir / "round.json").read_text(encoding="utf-8"))
@@ -99,4 +107,4 @@ def read_round(rdir: Path) -> dict[str, Any]:
         return {"round": rdir.name}
 
 
-__all__ = ["read_round", "run_rounds"]
+__all__ = ["pair_items", "read_round", "run_rounds"]

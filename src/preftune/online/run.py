@@ -153,9 +153,8 @@ def _iterative(cfg: TrainConfig, online: OnlineConfig, prompts: list[Prompt], re
                tokenizer: Any, callbacks: Sequence[Any]) -> Any:
     import random
 
-    from ..data.types import TokenizedPair
     from ..models.generate import generate
-    from .rounds import run_rounds
+    from .rounds import pair_items, run_rounds
     from .rso import rso_accept
 
     k = online.k
@@ -187,13 +186,8 @@ def _iterative(cfg: TrainConfig, online: OnlineConfig, prompts: list[Prompt], re
         return rows, {"pairs": len(rows), "prompts": len(prompts), "ties_dropped": ties,
                       "reward_mean": sum(xs) / len(xs) if xs else float("nan")}
 
-    def make_items(rows: list[dict[str, Any]]) -> list[Any]:
-        # the pairs as sampled, token for token (decoding and re-encoding text need not give the same ids)
-        return [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], row=i + 1)
-                for i, r in enumerate(rows)]
-
     return run_rounds(cfg, online.rounds, name=online.algo, kind="pair", data_file="pairs.jsonl",
-                      make_rows=make_rows, make_items=make_items, model=model, tokenizer=tokenizer,
+                      make_rows=make_rows, make_items=pair_items, model=model, tokenizer=tokenizer,
                       callbacks=callbacks)
 
 

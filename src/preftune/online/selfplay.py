@@ -222,6 +222,20 @@ def preference_matrices(prefer: PreferenceFn | None, reward: Any, prompts: list[
 # ----------------------------------------------------------------------------- the round runner
 
 
+def judge_sources(online: Any, reward_or_preference: Any, what: str) -> tuple[Any, Any]:
+    """(preference function, reward source): ``online.preference_fn`` (a ``FILE.py:FN``) first, else the given
+    preference function or reward (``.parts``); one of them is required."""
+    from .rewards import load_reward_fn
+
+    if online.preference_fn:
+        return load_reward_fn(online.preference_fn).fn, None
+    if hasattr(reward_or_preference, "parts"):
+        return None, reward_or_preference
+    if callable(reward_or_preference):
+        return reward_or_preference, None
+    raise ConfigError(f"{what} needs a preference function (--preference-fn FILE.py:FN) or a reward")
+
+
 def train_selfplay(cfg: Any, online: Any, prompts: list[Any], reward_or_preference: Any = None, *, model: Any = None,
                    tokenizer: Any, callbacks: Sequence[Any] = ()) -> Any:
     """Run ``online.rounds`` rounds of SPPO (a ``list`` objective such as ``sppo``) or INPO (a ``pair`` objective
@@ -233,7 +247,6 @@ def train_selfplay(cfg: Any, online: Any, prompts: list[Any], reward_or_preferen
     from ..data.types import TokenizedPair, TokenizedRanked
     from ..models.loading import load_model
     from ..objectives import objective_class
-    from .rewards import load_reward_fn
     from .rounds import run_rounds
 
     loss = cfg.loss if cfg.loss != "dpo" else online.algo
@@ -242,15 +255,7 @@ def train_selfplay(cfg: Any, online: Any, prompts: list[Any], reward_or_preferen
         raise ConfigError(f"self-play rounds train a list objective (sppo) or a pair objective (inpo), not {loss}")
     if loss != cfg.loss:
         cfg = cfg.replace(loss=loss)
-    prefer = load_reward_fn(online.preference_fn).fn if online.preference_fn else None
-    reward = None
-    if prefer is None:
-        if hasattr(reward_or_preference, "parts"):
-            reward = reward_or_preference
-        elif callable(reward_or_preference):
-            prefer = reward_or_preference
-        else:
-            raise ConfigError("self-play needs a preference function (--preference-fn FILE.py:FN) or a reward")
+    prefer, reward = judge_sources(online, reward_or_preference, "self-play")
     k = online.k
     if k < 2:
         raise ConfigError(f"self-play compares samples with each other: num_generations must be >= 2, got {k}")
@@ -338,5 +343,5 @@ def _pair_logratios(model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg:
     return out
 
 
-__all__ = ["INPO", "SPPO", "inpo_h", "inpo_loss", "judge_pairs", "preference_matrices", "sppo_loss",
+__all__ = ["INPO", "SPPO", "inpo_h", "inpo_loss", "judge_pairs", "judge_sources", "preference_matrices", "sppo_loss",
            "train_selfplay", "win_rates"]

@@ -155,12 +155,11 @@ def train_upo(cfg: Any, online: Any, prompts: list[Any], reward: Any, *, model: 
     agreement filter -> BALD easy/hard sampling -> DPO (``--loss``, any pair objective) on the kept pairs with pi_t as
     the reference. ``round-t/pairs.jsonl`` holds the kept pairs with their ``bald``, the estimator's mean
     ``estimator_p`` = P(chosen > rejected) and ``upo`` (easy or hard); ``round-t/round.json`` the counts."""
-    from ..data.types import TokenizedPair
     from ..models.generate import generate
     from ..reward.uncertainty import bald, bt_probs, majority_vote, mc_rewards
     from ..train.setup import pick_device
     from .prompts import columns_for
-    from .rounds import run_rounds
+    from .rounds import pair_items, run_rounds
 
     check_options(online, reward)
     k = online.k
@@ -207,13 +206,8 @@ def train_upo(cfg: Any, online: Any, prompts: list[Any], reward: Any, *, model: 
                       "bald_kept_mean": sum(r["bald"] for r in rows) / len(rows),
                       "reward_mean": sum(xs) / len(xs) if xs else float("nan")}
 
-    def make_items(rows: list[dict[str, Any]]) -> list[Any]:
-        # the pairs as sampled, token for token (decoding and re-encoding text need not give the same ids)
-        return [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], row=i + 1)
-                for i, r in enumerate(rows)]
-
     return run_rounds(cfg, online.rounds, name=online.algo, kind="pair", data_file="pairs.jsonl",
-                      make_rows=make_rows, make_items=make_items, model=model, tokenizer=tokenizer,
+                      make_rows=make_rows, make_items=pair_items, model=model, tokenizer=tokenizer,
                       callbacks=callbacks)
 
 

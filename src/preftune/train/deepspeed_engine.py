@@ -148,19 +148,9 @@ class DeepSpeedEngine(_Distributed):
 
     # ------------------------------------------------------------------ computing
     def call(self, fn: Callable[[], Any]) -> Any:
-        # the root returns only the loss: DeepSpeed hooks what the root returns for its backward, and the metrics
-        # and stats that come with the loss are never backpropagated through (as under FSDP2)
-        rest: list[Any] = []
+        from .distributed import loss_through
 
-        def loss_only() -> Any:
-            out = fn()
-            if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
-                rest.append(out[1:])
-                return out[0]
-            return out
-
-        first = self.ds(loss_only)
-        return (first, *rest[0]) if rest else first
+        return loss_through(self.ds, fn)  # only the loss through DeepSpeed's hooks, as under FSDP2
 
     def infer(self, fn: Callable[[], Any]) -> Any:
         return self.root(fn)  # stage 3 gathers parameters in the hooks of the root and its modules

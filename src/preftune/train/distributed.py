@@ -254,6 +254,23 @@ def decoder_layers(model: Any) -> list[torch.nn.Module]:
     return layers
 
 
+def loss_through(root: Callable[[Callable[[], Any]], Any], fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` (-> (loss, metrics, stats)) as ``root``'s forward with only the loss returned through it: FSDP2
+    and DeepSpeed hook every tensor a root returns for backward, and the metrics and stats that come with the loss
+    are views FSDP2 warns about (and are never backpropagated through)."""
+    rest: list[Any] = []
+
+    def loss_only() -> Any:
+        out = fn()
+        if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+            rest.append(out[1:])
+            return out[0]
+        return out
+
+    first = root(loss_only)
+    return (first, *rest[0]) if rest else first
+
+
 def gather_to_main(obj: Any) -> list[Any]:
     """Every process's ``obj``, in rank order, on rank 0 (``[]`` elsewhere); one process: ``[obj]``."""
     import torch.distributed as dist
@@ -312,19 +329,7 @@ class FSDP2Engine(_Distributed):
             reference.call = self.ref_root
 
     def call(self, fn: Callable[[], Any]) -> Any:
-        # the root's forward returns only the loss: FSDP2 hooks every tensor a root returns for backward, and the
-        # metrics and stats that come with the loss are views it warns about (and never backpropagates through)
-        rest: list[Any] = []
-
-        def loss_only() -> Any:
-            out = fn()
-            if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
-                rest.append(out[1:])
-                return out[0]
-            return out
-
-        first = self.root(loss_only)
-        return (first, *rest[0]) if rest else first
+        return loss_through(self.root, fn)
 
     def infer(self, fn: Callable[[], Any]) -> Any:
         return self.root(fn)  # the root's parameters are gathered only inside its forward
