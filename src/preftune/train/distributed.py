@@ -360,13 +360,22 @@ class FSDP2Engine(_Distributed):
         return self._gather(dict(model.state_dict()))
 
     def _gather(self, sd: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-        full = {k: _full(v).detach().contiguous().cpu() for k, v in sd.items()}  # a collective: every rank
+        # one tensor at a time (each gather is a collective: every rank takes part); only rank 0 keeps them, so
+        # the other ranks never hold more than one full tensor
+        full: dict[str, torch.Tensor] = {}
+        for k, v in sd.items():
+            t = _full(v).detach().contiguous().cpu()
+            if self.is_main:
+                full[k] = t
         return full if self.is_main else None
 
     def full_optimizer_state(self, optimizer: Any) -> dict[str, Any] | None:
         sd = optimizer.state_dict()
-        state = {i: {k: (_full(v).cpu() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-                 for i, s in sd["state"].items()}
+        state: dict[Any, dict[str, Any]] = {}
+        for i, s in sd["state"].items():
+            entry = {k: (_full(v).cpu() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+            if self.is_main:
+                state[i] = entry
         return {"state": state, "param_groups": sd["param_groups"]} if self.is_main else None
 
     def load_model_state(self, model: Any, weights: dict[str, torch.Tensor]) -> None:
