@@ -5,6 +5,8 @@ import json
 import math
 
 import pytest
+
+from helpers.e_vs_o import p_e, prefer_e  # noqa: F401  (prefer_e: loaded by name, --preference-fn FILE:prefer_e)
 import torch
 
 from preftune.errors import ConfigError
@@ -188,25 +190,6 @@ def sft(tmp_path_factory):
     return path
 
 
-def prefer_e(prompts, a, b):
-    """'e' beats anything else with probability 0.8, whatever the prompt."""
-    return [0.5 if (x == "e") == (y == "e") else (0.8 if x == "e" else 0.2) for x, y in zip(a, b)]
-
-
-def _p_e(model_dir):
-    from preftune.arena.models import encode, load_sft
-    from preftune.data.collate import collate_ranked
-    from preftune.data.types import TokenizedRanked
-    from preftune.models.logprobs import sequence_logps
-
-    model, tok = load_sft(model_dir)
-    items = [TokenizedRanked(encode(tok, f"n {i}:")[0], [encode(tok, "", "e")[1], encode(tok, "", "o")[1]], [0, 0])
-             for i in range(0, 40, 3)]
-    with torch.no_grad():
-        p = sequence_logps(model, collate_ranked(items, tok.pad_token_id)).sums.exp().view(-1, 2)
-    return float((p[:, 0] / p.sum(-1)).mean())
-
-
 @pytest.mark.slow
 def test_egpo_run_on_a_tiny_model_moves_towards_the_winner_and_writes_its_run(sft, tmp_path):
     from preftune.online import OnlineConfig, train_online
@@ -217,7 +200,7 @@ def test_egpo_run_on_a_tiny_model_moves_towards_the_winner_and_writes_its_run(sf
                       save_every=3, seed=0, loss="egpo", tau=0.5)
     online = OnlineConfig(algo="egpo", prompts=[{"prompt": f"n {i}:"} for i in range(32)], max_new_tokens=3,
                           num_generations=2, preference_fn=f"{__file__}:prefer_e")
-    before = _p_e(sft)
+    before = p_e(sft)
     res = train_online(cfg, online)
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == list(range(1, 7))
@@ -225,6 +208,6 @@ def test_egpo_run_on_a_tiny_model_moves_towards_the_winner_and_writes_its_run(sf
     assert (out / "snapshots" / "step-3" / "config.json").is_file() and (out / "final" / "config.json").is_file()
     assert "egpo_pairs: policy" in (out / "config.yaml").read_text()
     assert res.steps == 6 and len(res.history) == 6
-    assert _p_e(out / "final") > before + 0.1, (before, _p_e(out / "final"))  # 0.52 -> 0.71 when measured
+    assert p_e(out / "final") > before + 0.1, (before, p_e(out / "final"))  # 0.52 -> 0.71 when measured
     with pytest.raises(ConfigError, match="does not resume"):
         train_online(cfg.replace(resume=True), online)

@@ -4,6 +4,8 @@ import json
 import math
 
 import pytest
+
+from helpers.e_vs_o import p_e, prefer_e
 import torch
 
 from preftune.errors import ConfigError
@@ -186,26 +188,6 @@ def sft(tmp_path_factory):
     return path
 
 
-def _prefer_e(prompts, a, b):
-    """'e' beats anything else with probability 0.8, whatever the prompt (a proper preference: P(a > b) + P(b > a)
-    = 1, which the runner relies on when it judges each unordered pair once)."""
-    return [0.5 if (x == "e") == (y == "e") else (0.8 if x == "e" else 0.2) for x, y in zip(a, b)]
-
-
-def _p_e(model_dir):
-    from preftune.arena.models import encode, load_sft
-    from preftune.data.collate import collate_ranked
-    from preftune.data.types import TokenizedRanked
-    from preftune.models.logprobs import sequence_logps
-
-    model, tok = load_sft(model_dir)
-    items = [TokenizedRanked(encode(tok, f"n {i}:")[0], [encode(tok, "", "e")[1], encode(tok, "", "o")[1]], [0, 0])
-             for i in range(0, 40, 3)]
-    with torch.no_grad():
-        p = sequence_logps(model, collate_ranked(items, tok.pad_token_id)).sums.exp().view(-1, 2)
-    return float((p[:, 0] / p.sum(-1)).mean())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("loss,k,data_file,hp", [("sppo", 3, "samples.jsonl", {"eta": 4.0}),
                                                  ("inpo", 2, "pairs.jsonl", {"eta": 2.0, "tau": 0.25})])
@@ -223,14 +205,14 @@ def test_selfplay_rounds_write_their_directories_and_move_towards_the_winner(sft
                           num_generations=k, max_new_tokens=3, rounds=2 if loss == "sppo" else 1)
     tok = load_tokenizer_for(cfg, None)
     _, prompts = load_online_prompts(cfg, online, tok, None)
-    before = _p_e(sft)
-    res = train_selfplay(cfg, online, prompts, _prefer_e, tokenizer=tok)
+    before = p_e(sft)
+    res = train_selfplay(cfg, online, prompts, prefer_e, tokenizer=tok)
     rows = [json.loads(x) for x in (out / "round-1" / data_file).read_text().splitlines()]
     assert len(rows) == 32
     if loss == "sppo":
         for r in rows:  # each win rate is the mean judged preference against the prompt's other samples
             for i, c in enumerate(r["completions"]):
-                others = [_prefer_e(None, [c], [d])[0] for j, d in enumerate(r["completions"]) if j != i]
+                others = [prefer_e(None, [c], [d])[0] for j, d in enumerate(r["completions"]) if j != i]
                 assert r["win_rates"][i] == pytest.approx(sum(others) / len(others))
     else:
         assert all(isinstance(r["ref_logratio"], float) for r in rows)
@@ -242,4 +224,4 @@ def test_selfplay_rounds_write_their_directories_and_move_towards_the_winner(sft
         import yaml
 
         assert yaml.safe_load((out / "round-2" / "config.yaml").read_text())["model"].endswith("round-1/final")
-    assert _p_e(out / "final") > before + 0.05, (before, _p_e(out / "final"))
+    assert p_e(out / "final") > before + 0.05, (before, p_e(out / "final"))

@@ -5,6 +5,8 @@ import json
 import math
 
 import pytest
+
+from helpers.e_vs_o import p_e
 import torch
 
 from preftune.errors import ConfigError
@@ -236,20 +238,6 @@ def sft(tmp_path_factory):
     return path
 
 
-def _p_e(model_dir):
-    from preftune.arena.models import encode, load_sft
-    from preftune.data.collate import collate_ranked
-    from preftune.data.types import TokenizedRanked
-    from preftune.models.logprobs import sequence_logps
-
-    model, tok = load_sft(model_dir)
-    items = [TokenizedRanked(encode(tok, f"n {i}:")[0], [encode(tok, "", "e")[1], encode(tok, "", "o")[1]], [0, 0])
-             for i in range(0, 40, 3)]
-    with torch.no_grad():
-        p = sequence_logps(model, collate_ranked(items, tok.pad_token_id)).sums.exp().view(-1, 2)
-    return float((p[:, 0] / p.sum(-1)).mean())
-
-
 def _reward_e(prompts, completions, **kw):
     return [1.0 if c == "e" else (0.5 if c == "o" else 0.0) for c in completions]
 
@@ -278,7 +266,7 @@ def test_upo_round_filters_samples_and_moves_the_policy_towards_the_reward(sft, 
     online = OnlineConfig(algo="upo", prompts=[{"prompt": f"n {i}:"} for i in range(24)], num_generations=4,
                           max_new_tokens=3, rounds=1, upo_estimator=str(tmp_path / "est" / "final"),
                           mc_dropout_passes=4, upo_easy_rate=0.5, upo_hard_rate=0.25)
-    before = _p_e(sft)
+    before = p_e(sft)
     res = train_online(cfg, online, tokenizer=tok, reward_functions=[_reward_e])
     info = json.loads((out / "round-1" / "round.json").read_text())
     rows = [json.loads(x) for x in (out / "round-1" / "pairs.jsonl").read_text().splitlines()]
@@ -290,4 +278,4 @@ def test_upo_round_filters_samples_and_moves_the_policy_towards_the_reward(sft, 
         assert r["score_chosen"] > r["score_rejected"]
         assert 0.0 <= r["bald"] <= math.log(2) + 1e-6
     assert res.history and (out / "final").is_dir()
-    assert _p_e(out / "final") > before + 0.05, (before, _p_e(out / "final"))
+    assert p_e(out / "final") > before + 0.05, (before, p_e(out / "final"))
