@@ -45,11 +45,14 @@ class DataKind:
     description: str = ""
     groups: Callable[[Any], dict[str, Any]] | None = None  # metric name -> bool mask over the batch's sequences
     extra: dict[str, Any] = field(default_factory=dict)
+    cuda_layout: str | None = None  # 'auto' on a CUDA device, where it differs from default_layout
 
-    def collator(self, layout: str, pad_id: int) -> Callable[[Sequence[Any]], Any]:
-        """``items -> SequenceBatch`` for ``layout`` (``'auto'``: this kind's default). The returned
+    def collator(self, layout: str, pad_id: int, device: Any = None) -> Callable[[Sequence[Any]], Any]:
+        """``items -> SequenceBatch`` for ``layout`` (``'auto'``: this kind's default on ``device``). The returned
         function carries ``pad_id`` and ``layout`` as attributes (suppliers re-collate with it)."""
-        name = self.default_layout if layout == "auto" else layout
+        on_cuda = getattr(device, "type", device) == "cuda"
+        auto = self.cuda_layout if on_cuda and self.cuda_layout else self.default_layout
+        name = auto if layout == "auto" else layout
         if name not in self.collators:
             raise ConfigError(f"layout '{layout}' is not available for {self.name} data; "
                               f"choose one of {', '.join(sorted(self.collators))} (or auto)")

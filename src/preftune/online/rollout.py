@@ -82,6 +82,7 @@ class RolloutSource(BatchSource):
         self.model: Any = None
         self.objective: Any = None
         self.infer: Any = lambda fn: fn()
+        self._order: tuple[int, list[int]] | None = None  # (epoch, its prompt permutation)
         self.device = torch.device("cpu")
         self.epoch, self.cursor, self.generation = 0, 0, 0
         self.buffer: list[Entry] = []
@@ -109,7 +110,7 @@ class RolloutSource(BatchSource):
     def shard(self, rank: int, world: int) -> None:
         """Process ``rank`` of ``world`` makes micro-batches ``rank * grad_accum ... (rank + 1) * grad_accum - 1``
         of each generation batch of ``world * grad_accum``, seeded as the one-process run seeds them."""
-        self.rank, self.world = rank, world
+        self.rank, self.world, self._order = rank, world, None
 
     def next(self) -> SourceBatch:
         if self.model is None:
@@ -226,16 +227,25 @@ class RolloutSource(BatchSource):
     def _next_prompts(self, n: int) -> list[Prompt]:
         out: list[Prompt] = []
         while len(out) < n:
-            order = torch.randperm(len(self.prompts),
-                                   generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch)).tolist()
-            if not self.exact_shards and self.world > 1:
-                order = order[self.rank::self.world] or order[:1]
+            order = self._epoch_order()
             take = order[self.cursor:self.cursor + n - len(out)]
             out += [self.prompts[i] for i in take]
             self.cursor += len(take)
             if self.cursor >= len(order):
                 self.epoch, self.cursor = self.epoch + 1, 0
         return out
+
+    def _epoch_order(self) -> list[int]:
+        """This epoch's permutation of the prompts (this process's share of it for a source that draws again on
+        ties), made once per epoch."""
+        cached = self._order
+        if cached is None or cached[0] != self.epoch:
+            order = torch.randperm(len(self.prompts),
+                                   generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch)).tolist()
+            if not self.exact_shards and self.world > 1:
+                order = order[self.rank::self.world] or order[:1]
+            self._order = cached = (self.epoch, order)
+        return cached[1]
 
     def _fill(self) -> None:
         version = self.served // max(1, self.grad_accum)  # optimizer steps taken so far

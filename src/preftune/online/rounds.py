@@ -72,7 +72,7 @@ def run_rounds(cfg: Any, rounds: int, *, name: str, kind: str, data_file: str, m
                 f"{a} {b:.4g}" if isinstance(b, float) else f"{a} {b}" for a, b in info.items()))
         rows = [json.loads(x) for x in data_path.read_text(encoding="utf-8").splitlines()]
         layout = cfg.layout if cfg.layout in ("auto", *dk.collators) else "auto"
-        source = OfflineSource(make_items(rows), dk, dk.collator(layout, tokenizer.pad_token_id),
+        source = OfflineSource(make_items(rows), dk, dk.collator(layout, tokenizer.pad_token_id, device),
                                batch_size=cfg.batch_size, seed=cfg.seed + t, group_by_length=cfg.group_by_length,
                                name=str(data_path))
         # the trainer's reference is the round's starting model: pi_t

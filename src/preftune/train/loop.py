@@ -212,7 +212,7 @@ def _train(cfg: TrainConfig, out: Path, *, model: Any, tokenizer: Any, train_exa
         data = load_data(cfg, tokenizer, train_examples, cfg.data, cfg.split, kind=objective.kind)
         if not data.items and data.kind.name == objective.kind:
             raise ConfigError(f"{data.name}: no training examples left")
-        source = OfflineSource(data.items, data.kind, data.kind.collator(_layout(cfg.layout, data.kind, device), pad_id),
+        source = OfflineSource(data.items, data.kind, data.kind.collator(cfg.layout, pad_id, device),
                                batch_size=cfg.batch_size, seed=cfg.seed, group_by_length=cfg.group_by_length,
                                name=data.name)
         skipped, truncated = dict(data.skipped), data.truncated
@@ -342,14 +342,6 @@ def _source_settings(source: Any) -> dict[str, Any]:
 def _command(source: Any) -> str:
     """The command that resumes this run (a rollout source's ``preftune online``)."""
     return getattr(source, "command", "train")
-
-
-def _layout(layout: str, kind: Any, device: torch.device) -> str:
-    """``auto``: the kind's default (packed pairs), except pairs on CUDA, which take the prefix-shared layout --
-    measured on an H200 (docs/benchmarks.md, GPU): as fast as packed at its best, steadier from batch to batch."""
-    if layout == "auto" and device.type == "cuda" and "prefix_shared" in kind.collators:
-        return "prefix_shared"
-    return layout
 
 
 def _given(data: Any) -> bool:
