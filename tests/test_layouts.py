@@ -136,3 +136,59 @@ def test_token_level_needs_match_padded(model, layout):
         want, got = _per_sequence(fn(padded), padded), _per_sequence(fn(other), other)
         for w, g in zip(want, got):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def _lists(n=4, seed=3):
+    """Ranked lists of 1-4 completions (ragged: the batch pads them with empty entries), some with reasoning steps."""
+    from preftune.data.types import TokenizedRanked
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        comps = [_ids(rng, 1, 6) for _ in range(rng.randint(1, 4))]
+        steps = [[t * 2 // max(1, len(c)) for t in range(len(c))] for c in comps]
+        out.append(TokenizedRanked(_ids(rng, 1, 8), comps, [float(k) for k in range(len(comps))], row=10 + i,
+                                   extras={"weight": 0.5 * (i + 1)}, step_ids=steps))
+    return out
+
+
+RANKED = {"prefix_shared": "collate_ranked_prefix_shared", "packed": "collate_ranked_packed"}
+
+
+@pytest.mark.parametrize("layout", sorted(RANKED))
+def test_ranked_block_layouts_match_padded(model, layout):
+    """A list's K completions after one prompt (packed: several lists a row) give the padded layout's per-sequence
+    log-probs, gradients, scores, validity, weights and reasoning-step ids; the prompt is computed once, not K times."""
+    import preftune.data.packed as packed
+    import preftune.data.prefix_shared as ps
+    from preftune.data.collate import collate_ranked
+
+    ex = _lists()
+    padded = collate_ranked(ex, 0)
+    fn = getattr(ps if layout == "prefix_shared" else packed, RANKED[layout])
+    batch = fn(ex, 0) if layout == "prefix_shared" else fn(ex, 0, max_row_tokens=40)
+    ref, gref = _logps_and_grads(model, padded)
+    got, g = _logps_and_grads(model, batch)
+    torch.testing.assert_close(got.sums, ref.sums, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.lengths, ref.lengths)
+    torch.testing.assert_close(g, gref, rtol=1e-5, atol=1e-4)
+    assert batch.kind == "list" and batch.list_size == padded.list_size == 4 and batch.rows == [10, 11, 12, 13]
+    for key in ("scores", "valid", "weight"):
+        assert torch.equal(batch.extras[key], padded.extras[key])
+    assert not batch.extras["valid"].all()  # ragged lists: some entries are padding
+    assert ([x.tolist() for x in _per_sequence(batch.extras["step_ids"], batch)]
+            == [x.tolist() for x in _per_sequence(padded.extras["step_ids"], padded)])
+    assert (batch.extras["step_ids"][~batch.seq_mask] == -1).all()
+    prompt_tokens = sum(len(e.prompt_ids) for e in ex)
+    assert int((batch.input_ids != 0).sum()) == prompt_tokens + sum(len(c) for e in ex for c in e.completion_ids)
+    if layout == "packed":
+        assert batch.input_ids.shape[0] < len(ex)  # lists share rows
+
+
+def test_list_kind_layouts():
+    from preftune.kinds import get_kind
+
+    k = get_kind("list")
+    assert sorted(k.collators) == ["packed", "padded", "prefix_shared"]
+    assert k.collator("auto", 0).layout == "packed"
+    assert k.collator("auto", 0, device="cuda").layout == "prefix_shared"

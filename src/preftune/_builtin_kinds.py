@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from .data import collate
-from .data.packed import collate_pairs_packed, collate_unpaired_packed
-from .data.prefix_shared import collate_pairs_prefix_shared
+from .data.packed import collate_pairs_packed, collate_ranked_packed, collate_unpaired_packed
+from .data.prefix_shared import collate_pairs_prefix_shared, collate_ranked_prefix_shared
 from .data.types import (PairExample, RankedExample, SequenceBatch, TokenizedPair, TokenizedRanked,
                          TokenizedUnpaired, UnpairedExample)
 from .kinds import DataKind, register_kind
@@ -94,8 +94,12 @@ UNPAIRED = register_kind(DataKind(
 
 LIST = register_kind(DataKind(
     "list", RankedExample, TokenizedRanked,
-    collators={"padded": collate.collate_ranked},
-    default_layout="padded",
+    collators={"padded": collate.collate_ranked, "prefix_shared": _aligned(collate_ranked_prefix_shared),
+               "packed": _aligned(collate_ranked_packed)},
+    # the K completions share one prompt: computed once instead of K times (an online GRPO group of 4 samples
+    # of 32 tokens after a 44-token prompt: 640 tokens instead of 1216; docs/benchmarks.md, online training)
+    default_layout="packed",
+    cuda_layout="prefix_shared",
     length=lambda it: sum(len(it.prompt_ids) + len(c) for c in it.completion_ids),
     stats=list_stats, sequences="example_major",
     description="a prompt with K scored responses"))

@@ -62,8 +62,8 @@ HELP = {
     "max_prompt_length": "longest prompt in tokens",
     "truncation": "prompt truncation: keep_end (last tokens) or keep_start",
     "on_bad_row": "error (default) stops at the first bad row; skip skips and counts by reason",
-    "layout": "auto (pairs: packed on CPU, prefix_shared on CUDA; padded otherwise), padded, prefix_shared (prompt computed once per pair) "
-              "or packed (no padding)",
+    "layout": "auto (pairs and ranked lists: packed on CPU, prefix_shared on CUDA; padded otherwise), padded, prefix_shared "
+              "(the prompt computed once per pair, list or online group) or packed (no padding)",
     "group_by_length": "batch sequences of similar length together",
     "chunk_size": "positions per chunk of the LM head when computing log-probs",
     "eval_every": "evaluate on --eval-data every N steps (needs --eval-data; none or 0: at the end only)",

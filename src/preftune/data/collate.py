@@ -62,29 +62,45 @@ def collate_unpaired(examples: Sequence[TokenizedUnpaired], pad_id: int,
                          [e.row for e in examples])
 
 
-def collate_ranked(examples: Sequence[TokenizedRanked], pad_id: int,
-                   pad_to_multiple_of: int | None = None) -> SequenceBatch:
-    """Lists are padded to the longest list with empty entries, masked by ``extras['valid']``. Completions
-    given as reasoning steps add ``extras['step_ids']`` ``[B*K, T]``: each response token's step, -1 elsewhere."""
+def ranked_lists(examples: Sequence[TokenizedRanked]) -> tuple[int, list[list[int]], list[float], list[bool]]:
+    """Lists padded to the longest with empty entries: ``(K, responses, scores, valid)``, example-major
+    (sequence ``b * K + k`` is completion k of example b)."""
     K = max(len(e.completion_ids) for e in examples)
-    prompts, responses, scores, valid = [], [], [], []
+    responses, scores, valid = [], [], []
     for e in examples:
         for k in range(K):
             ok = k < len(e.completion_ids)
-            prompts.append(e.prompt_ids)
             responses.append(e.completion_ids[k] if ok else [])
             scores.append(e.scores[k] if ok else 0.0)
             valid.append(ok)
-    ids, attn, resp = _pad_rows(prompts, responses, pad_id, pad_to_multiple_of)
+    return K, responses, scores, valid
+
+
+def ranked_extras(examples: Sequence[TokenizedRanked], K: int, scores: list[float], valid: list[bool],
+                  seq_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A list batch's extras, whatever the layout: ``scores`` and ``valid`` ``[B, K]``, ``weight``, and, when
+    completions come as reasoning steps, ``step_ids`` ``[B*K, T]``: each response token's step at the positions
+    ``seq_mask`` gives the sequence, -1 elsewhere."""
     extras = _extras(examples, ("weight",))
     extras["scores"] = torch.tensor(scores, dtype=torch.float32).view(len(examples), K)
     extras["valid"] = torch.tensor(valid).view(len(examples), K)
     if examples and all(getattr(e, "step_ids", None) is not None for e in examples):
-        steps = torch.full(ids.shape, -1, dtype=torch.long)
+        steps = torch.full(seq_mask.shape, -1, dtype=torch.long)
         for i, e in enumerate(examples):
             for k, sid in enumerate(e.step_ids):
-                start = len(e.prompt_ids)
-                steps[i * K + k, start:start + len(sid)] = torch.tensor(sid, dtype=torch.long)
+                where = seq_mask[i * K + k].nonzero().squeeze(-1)
+                steps[i * K + k, where] = torch.tensor(sid, dtype=torch.long)[:len(where)]
         extras["step_ids"] = steps
-    return SequenceBatch(ids, attn, torch.arange(ids.shape[0]), resp, None, "list", extras,
+    return extras
+
+
+def collate_ranked(examples: Sequence[TokenizedRanked], pad_id: int,
+                   pad_to_multiple_of: int | None = None) -> SequenceBatch:
+    """Lists are padded to the longest list with empty entries, masked by ``extras['valid']``. Completions
+    given as reasoning steps add ``extras['step_ids']`` ``[B*K, T]``: each response token's step, -1 elsewhere."""
+    K, responses, scores, valid = ranked_lists(examples)
+    prompts = [e.prompt_ids for e in examples for _ in range(K)]
+    ids, attn, resp = _pad_rows(prompts, responses, pad_id, pad_to_multiple_of)
+    return SequenceBatch(ids, attn, torch.arange(ids.shape[0]), resp, None, "list",
+                         ranked_extras(examples, K, scores, valid, resp),
                          [e.row for e in examples], list_size=K)

@@ -1,8 +1,8 @@
 """The packed layout: no padding between sequences; rows filled back to back.
 
 Units (for pairs: a prompt with both responses, prefix-shared as in
-:mod:`preftune.data.prefix_shared`; or one prompt + response per unit when
-``share_prompt=False``) are binned first-fit-decreasing into rows of at most
+:mod:`preftune.data.prefix_shared`, or one prompt + response per unit when
+``share_prompt=False``; for ranked lists: a prompt with its K completions) are binned first-fit-decreasing into rows of at most
 ``max_row_tokens`` tokens (default: the longest unit, so attention, whose cost grows with the
 square of the row length, does no more work than in the prefix-shared layout). Positions
 restart in every unit and a block-diagonal causal mask keeps units apart, so every sequence
@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from .collate import _extras
-from .prefix_shared import Unit, pair_units, unit_length, units_to_rows
-from .types import PAIR_EXTRA_FIELDS, SequenceBatch, TokenizedPair, TokenizedUnpaired
+from .prefix_shared import Unit, pair_units, ranked_batch, ranked_units, unit_length, units_to_rows
+from .types import PAIR_EXTRA_FIELDS, SequenceBatch, TokenizedPair, TokenizedRanked, TokenizedUnpaired
 
 
 def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -66,3 +66,12 @@ def collate_unpaired_packed(examples: Sequence[TokenizedUnpaired], pad_id: int, 
     extras = _extras(examples, ("weight", "density_ratio"))
     extras["label"] = torch.tensor([float(e.label) for e in examples])
     return SequenceBatch(ids, mask, seq_row, seq_mask, pos, "unpaired", extras, [e.row for e in examples])
+
+
+def collate_ranked_packed(examples: Sequence[TokenizedRanked], pad_id: int, *, max_row_tokens: int | None = None,
+                          pad_to_multiple_of: int | None = None) -> SequenceBatch:
+    """Ranked lists (a prompt with its K completions, prefix-shared) packed into as few rows as fit
+    ``max_row_tokens`` (default: the longest list)."""
+    units, K, scores, valid = ranked_units(examples)
+    return ranked_batch(examples, _pack(units, len(examples) * K, pad_id, max_row_tokens, pad_to_multiple_of), K,
+                        scores, valid)

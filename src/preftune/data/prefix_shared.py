@@ -1,6 +1,7 @@
 """The prefix-shared layout: each prompt once, its responses after it in the same row.
 
-A pair becomes one row ``prompt + chosen + rejected``. A 4D boolean mask lets the chosen
+A pair becomes one row ``prompt + chosen + rejected``; a ranked list (or an online group of K samples) one row
+``prompt + completion_1 + ... + completion_K``. A 4D boolean mask lets the chosen
 tokens attend causally to the prompt and to themselves, and the rejected tokens to the
 prompt and to themselves, never to the chosen ones; the rejected positions restart at
 ``len(prompt)``. Each response therefore sees exactly the context it has in the padded
@@ -15,8 +16,8 @@ from typing import Sequence
 
 import torch
 
-from .collate import _extras
-from .types import PAIR_EXTRA_FIELDS, SequenceBatch, TokenizedPair
+from .collate import _extras, ranked_extras, ranked_lists
+from .types import PAIR_EXTRA_FIELDS, SequenceBatch, TokenizedPair, TokenizedRanked
 
 # A unit: (prompt ids, [(sequence index, response ids), ...]).
 Unit = tuple[list[int], list[tuple[int, list[int]]]]
@@ -101,3 +102,26 @@ def collate_pairs_prefix_shared(examples: Sequence[TokenizedPair], pad_id: int,
                                                       2 * len(examples), pad_id, pad_to_multiple_of)
     return SequenceBatch(ids, mask, seq_row, seq_mask, pos, "pair",
                          _extras(examples, PAIR_EXTRA_FIELDS), [e.row for e in examples])
+
+
+def ranked_units(examples: Sequence[TokenizedRanked]) -> tuple[list[Unit], int, list[float], list[bool]]:
+    """One unit per list, its prompt once and its K completions after it (sequence ``b * K + k``, example-major as
+    in the padded layout; lists shorter than the longest get empty entries, ``valid`` False)."""
+    K, responses, scores, valid = ranked_lists(examples)
+    units = [(e.prompt_ids, [(b * K + k, responses[b * K + k]) for k in range(K)]) for b, e in enumerate(examples)]
+    return units, K, scores, valid
+
+
+def ranked_batch(examples: Sequence[TokenizedRanked], units_rows: tuple, K: int, scores: list[float],
+                 valid: list[bool]) -> SequenceBatch:
+    ids, mask, pos, seq_row, seq_mask = units_rows
+    return SequenceBatch(ids, mask, seq_row, seq_mask, pos, "list", ranked_extras(examples, K, scores, valid, seq_mask),
+                         [e.row for e in examples], list_size=K)
+
+
+def collate_ranked_prefix_shared(examples: Sequence[TokenizedRanked], pad_id: int,
+                                 pad_to_multiple_of: int | None = None) -> SequenceBatch:
+    """One row per list, ``prompt + completion_1 + ... + completion_K``: the prompt is computed once, not K times."""
+    units, K, scores, valid = ranked_units(examples)
+    rows = units_to_rows(units, [[i] for i in range(len(units))], len(examples) * K, pad_id, pad_to_multiple_of)
+    return ranked_batch(examples, rows, K, scores, valid)

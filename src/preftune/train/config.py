@@ -97,7 +97,7 @@ class TrainConfig:
     max_prompt_length: int | None = 512
     truncation: str = "keep_end"    # prompt truncation: keep its end (closest to the answer)
     on_bad_row: str = "error"
-    layout: str = "auto"            # pairs: packed on CPU, prefix_shared on CUDA (docs/benchmarks.md); else padded
+    layout: str = "auto"            # pairs, lists: packed on CPU, prefix_shared on CUDA (docs/benchmarks.md); else padded
     group_by_length: bool = True
     chunk_size: int = 1024
     # evaluation, logging, checkpoints ---------------------------------------------------
