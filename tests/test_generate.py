@@ -85,6 +85,50 @@ def test_same_seed_same_samples_and_caller_rng_untouched():
     assert [(g.index, g.sample) for g in a] == [(i, j) for i in range(5) for j in range(3)]
 
 
+def _unshared(monkeypatch):
+    import preftune.models.generate as G
+
+    monkeypatch.setattr(G, "_can_share_prefix", lambda model: False)
+
+
+@pytest.mark.parametrize("bucket,batch_size", [(False, 4), (False, 6), (True, 5), (False, 64)])
+def test_shared_prompt_cache_gives_the_samples_of_encoding_each_prompt(monkeypatch, bucket, batch_size):
+    """n > 1: the prompts are encoded once and their cache repeated; greedy and seeded sampled outputs equal those of
+    encoding every sample's prompt (prompts of 1 to 7 tokens, left-padded, batches that split a prompt's samples)."""
+    import preftune.models.generate as G
+
+    model = tiny(seed=2, eos_boost=0.1)
+    ps = prompts(9, seed=3)
+    assert min(map(len, ps)) == 1 and max(map(len, ps)) > 4
+    calls = []
+    real = G._shared_prefix_cache
+    monkeypatch.setattr(G, "_shared_prefix_cache", lambda *a: calls.append(1) or real(*a))
+    kw = dict(n=3, max_new_tokens=8, batch_size=batch_size, eos_id=EOS, pad_id=PAD, bucket_by_length=bucket)
+    shared = [generate(model, None, ps, do_sample=False, **kw), generate(model, None, ps, seed=5, **kw)]
+    assert calls  # the shared path ran
+    _unshared(monkeypatch)
+    plain = [generate(model, None, ps, do_sample=False, **kw), generate(model, None, ps, seed=5, **kw)]
+    assert shared == plain
+    assert len({tuple(g.response_ids) for g in shared[1]}) > len(ps)  # sampling drew different answers
+
+
+def test_shared_prompt_cache_encodes_each_distinct_prompt_once(monkeypatch):
+    import preftune.models.generate as G
+
+    model = tiny(seed=1)
+    seen = []
+    real = G._shared_prefix_cache
+
+    def spy(m, ids, attn, rows):
+        seen.append((ids.shape[0], len(set(rows))))
+        return real(m, ids, attn, rows)
+
+    monkeypatch.setattr(G, "_shared_prefix_cache", spy)
+    generate(model, None, prompts(4, seed=1), n=4, max_new_tokens=3, batch_size=16, eos_id=EOS, pad_id=PAD)
+    assert seen == [(16, 4)]
+    assert G._can_share_prefix(model)
+
+
 def test_eos_ends_a_response_and_is_kept():
     model = tiny()
     model.lm_head = ConstantHead(EOS)

@@ -13,7 +13,15 @@ by transformers' ``model.generate`` (no hand-written sampler):
   untouched. Samples depend on how the prompts are batched, not only on the seed: keep
   ``batch_size`` and ``bucket_by_length`` to reproduce a run;
 * responses are cut after the first EOS (kept) and never contain padding; a response without
-  EOS used the whole ``max_new_tokens`` budget (``finished`` False).
+  EOS used the whole ``max_new_tokens`` budget (``finished`` False);
+* with ``n > 1`` the prompts of a batch are encoded once, not ``n`` times: one forward over the
+  distinct prompts (all but their last token) fills a KV cache, which is repeated for the ``n``
+  samples and handed to ``generate`` -- transformers' documented way to reuse a prompt's cache
+  ("re-use cache to continue generation"). The samples are the same as without sharing (greedy
+  outputs equal, sampled ones equal under one seed; ``tests/test_generate.py``). Models whose cache
+  cannot be reused this way (encoder-decoder, stateful, no ``batch_select_indices``) encode each
+  sample's prompt, as before. On the online GRPO benchmark (4 prompts x 4 samples, ~44-token prompts)
+  it took the prefill from 16 rows to 4.
 
 Sampling settings not named here (repetition penalty, ...) come from the model's
 ``generation_config``; ``temperature``, ``top_p``, ``top_k`` and ``do_sample`` are always passed,
@@ -28,6 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from .loading import unwrap
+from .sampling import InverseCDFSampler, inverse_cdf_supported
 from .scoring import eval_mode, model_device
 
 
@@ -106,6 +115,50 @@ def _batches(jobs: list[tuple[int, int]], prompts: list[list[int]], batch_size: 
     return out
 
 
+def _forward_params(model: Any) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return set()
+
+
+def _can_share_prefix(model: Any) -> bool:
+    """Whether a prompt's KV cache can be filled by a forward and reused by ``generate`` (decoder-only models with a
+    cache class transformers can index by batch)."""
+    base = unwrap(model)
+    cfg = getattr(base, "config", None)
+    if cfg is None or getattr(cfg, "is_encoder_decoder", False) or getattr(base, "_is_stateful", False):
+        return False
+    params = _forward_params(base)
+    return "position_ids" in params and ("past_key_values" in params or "cache" in params)
+
+
+def _shared_prefix_cache(model: Any, ids: torch.Tensor, attn: torch.Tensor, rows: list[int]) -> tuple[str, Any] | None:
+    """The KV cache of ``ids[:, :-1]`` computed once per distinct prompt and expanded to the batch's rows (``rows[b]``:
+    which distinct prompt row b samples from), as ``(generate's keyword, cache)``; None when the model returns no
+    reusable cache."""
+    first = sorted(set(rows), key=rows.index)
+    at = {u: i for i, u in enumerate(first)}
+    sel = torch.tensor([rows.index(u) for u in first], device=ids.device)
+    u_ids, u_attn = ids[sel, :-1], attn[sel, :-1]
+    pos = u_attn.long().cumsum(-1) - 1
+    pos.masked_fill_(u_attn == 0, 1)  # as generate's prepare_inputs_for_generation positions padding
+    params = _forward_params(unwrap(model))
+    kw: dict[str, Any] = {"input_ids": u_ids, "attention_mask": u_attn, "position_ids": pos, "use_cache": True}
+    if "logits_to_keep" in params:
+        kw["logits_to_keep"] = 1
+    out = model(**kw)
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return None
+    cache.batch_select_indices(torch.tensor([at[r] for r in rows], device=ids.device))
+    return ("cache" if "cache" in params else "past_key_values"), cache
+
+
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, n: int = 1, max_new_tokens: int,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, do_sample: bool = True, seed: int = 0,
              batch_size: int = 64, eos_id: int | Sequence[int] | None = None, pad_id: int | None = None,
@@ -133,20 +186,33 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, n:
     eos_set = _eos_set(eos)
     settings: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} \
         if do_sample else {"do_sample": False}
+    if do_sample and inverse_cdf_supported(model):  # the same distribution, one uniform draw per row (sampling.py)
+        from transformers.generation.logits_process import LogitsProcessorList
+
+        settings = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+                    "logits_processor": LogitsProcessorList([InverseCDFSampler(temperature, top_k, top_p)])}
     settings.update(max_new_tokens=max_new_tokens, eos_token_id=list(eos) if isinstance(eos, (tuple, set)) else eos,
                     pad_token_id=pad, use_cache=True)
     jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
     out: list[Generation | None] = [None] * len(jobs)
     dev = model_device(model)
     devices = list(range(torch.cuda.device_count())) if dev.type == "cuda" else []
+    share = n > 1 and _can_share_prefix(model)
     from tqdm.auto import tqdm
 
-    with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=devices):
+    with eval_mode(model), torch.inference_mode(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for chunk in tqdm(_batches(jobs, prompts, batch_size, bucket_by_length), desc="generating",
                           disable=not progress, leave=False):
             ids, attn = left_pad([prompts[i] for i, _ in chunk], pad)
-            gen = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev), **settings)
+            ids, attn = ids.to(dev), attn.to(dev)
+            rows = [i for i, _ in chunk]
+            extra: dict[str, Any] = {}
+            if share and ids.shape[1] > 1 and len(set(rows)) < len(rows):
+                cached = _shared_prefix_cache(model, ids, attn, rows)
+                if cached is not None:
+                    extra[cached[0]] = cached[1]
+            gen = model.generate(input_ids=ids, attention_mask=attn, **settings, **extra)
             for (i, j), row in zip(chunk, gen[:, ids.shape[1]:].tolist()):
                 resp, finished = _cut(row, eos_set)
                 out[i * n + j] = Generation(i, j, prompts[i], resp, finished)
