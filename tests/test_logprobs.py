@@ -35,8 +35,19 @@ def _run(model, batch, **kw):
     return lp, [p.grad.clone() for p in model.parameters()]
 
 
+@pytest.fixture(params=["kept", "recomputed"])
+def head_backward(request, monkeypatch):
+    """Both backward paths of the chunked head: the softmax kept from the forward (small label x vocabulary counts),
+    and the logits recomputed chunk by chunk (large ones)."""
+    import preftune.models.logprobs as LP
+
+    if request.param == "recomputed":
+        monkeypatch.setattr(LP, "KEEP_SOFTMAX_ELEMENTS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64, 4096])
-def test_chunked_equals_full(model, chunk):
+def test_chunked_equals_full(model, chunk, head_backward):
     batch = _batch()
     full, gfull = _run(model, batch, full_logits=True)
     got, g = _run(model, batch, chunk_size=chunk)
@@ -56,7 +67,7 @@ def test_no_grad_path(model):
 
 @pytest.mark.parametrize("cap", [None, 3.0])
 @pytest.mark.parametrize("bias", [False, True])
-def test_linear_head_function(cap, bias):
+def test_linear_head_function(cap, bias, head_backward):
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=bias)
     h = torch.randn(23, 16, requires_grad=True)
@@ -76,6 +87,23 @@ def test_linear_head_function(cap, bias):
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     for a, b in zip(grads, rgrads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_kept_softmax_survives_a_second_backward():
+    """The kept softmax is read, not overwritten, in backward: a retained graph gives the same gradient twice."""
+    import preftune.models.logprobs as LP
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 20)
+    h = torch.randn(6, 8, requires_grad=True)
+    y = torch.randint(0, 20, (6,))
+    assert 6 * 20 <= LP.KEEP_SOFTMAX_ELEMENTS
+    out = chunked_target_logps(head, h, y, 4).sum()
+    g1 = torch.autograd.grad(out, h, retain_graph=True)[0]
+    g2 = torch.autograd.grad(out, h)[0]
+    torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+    ref = torch.autograd.grad(F.log_softmax(head(h), -1).gather(-1, y[:, None]).sum(), h)[0]
+    torch.testing.assert_close(g1, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_generic_head_callable_checkpointed():

@@ -108,9 +108,16 @@ def head_fn(model: Any, *, base_weights: bool = False) -> Callable[[Tensor], Ten
     return lambda h: head(h).float()
 
 
+# Below this many logits (4M floats, 16 MiB) the head keeps its softmax for the backward pass instead of recomputing
+# the logits there: one matmul fewer per step when the labels x vocabulary are small (an online GRPO batch of 512
+# labels over a 4k vocabulary), and no more memory than one default chunk of a 4k vocabulary.
+KEEP_SOFTMAX_ELEMENTS = 1 << 22
+
+
 class _LinearTargetLogps(torch.autograd.Function):
     """``log_softmax(softcap(h @ W.T + b))[y]`` in row chunks; saves only ``h`` and the
-    log-normaliser, recomputes each chunk's logits in backward."""
+    log-normaliser, recomputes each chunk's logits in backward (unless all the logits are fewer than
+    :data:`KEEP_SOFTMAX_ELEMENTS`: then the softmax is kept)."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int,
@@ -119,39 +126,48 @@ class _LinearTargetLogps(torch.autograd.Function):
         out = torch.empty(N, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
         zsum = torch.empty(N, dtype=torch.float32, device=hidden.device)  # for TRL's logits/* metrics
+        keep = not cap and N * weight.shape[0] <= KEEP_SOFTMAX_ELEMENTS and any(ctx.needs_input_grad[:3])
+        probs = []
         for i in range(0, N, chunk):
             z = _linear_logits(hidden[i:i + chunk], weight, bias, cap)
             lse[i:i + chunk] = torch.logsumexp(z, dim=-1)
             zsum[i:i + chunk] = z.sum(-1)
             out[i:i + chunk] = z.gather(-1, targets[i:i + chunk].unsqueeze(-1)).squeeze(-1) - lse[i:i + chunk]
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+            if keep:
+                probs.append(z.sub_(lse[i:i + chunk].unsqueeze(-1)).exp_())
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, *probs)
         ctx.chunk, ctx.cap = chunk, cap
         ctx.mark_non_differentiable(zsum)
         return out, zsum
 
     @staticmethod
     def backward(ctx, grad_out: Tensor, grad_zsum: Tensor | None = None):  # type: ignore[override]
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        hidden, weight, bias, targets, lse, *probs = ctx.saved_tensors
         chunk, cap = ctx.chunk, ctx.cap
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
         g = grad_out.float()
-        for i in range(0, hidden.shape[0], chunk):
+        for c, i in enumerate(range(0, hidden.shape[0], chunk)):
             h = hidden[i:i + chunk]
-            raw = F.linear(h, weight, bias).float()
-            # d out / d z = onehot(y) - softmax(z); times the incoming gradient, computed in place
-            if cap:
-                th = torch.tanh(raw / cap)
-                d = (th * cap).sub_(lse[i:i + chunk].unsqueeze(-1)).exp_()
-            else:
-                d = raw.sub_(lse[i:i + chunk].unsqueeze(-1)).exp_()
-            d.scatter_add_(-1, targets[i:i + chunk].unsqueeze(-1),
-                           torch.full((d.shape[0], 1), -1.0, device=d.device))
-            d.mul_(-g[i:i + chunk].unsqueeze(-1))
-            if cap:
-                d.mul_(th.mul_(th).neg_().add_(1.0))
+            gi = g[i:i + chunk].unsqueeze(-1)
+            # d out / d z = onehot(y) - softmax(z); times the incoming gradient
+            if probs:  # the kept softmax (left intact: a retained graph may run backward again)
+                d = probs[c].mul(gi.neg())
+                d.scatter_add_(-1, targets[i:i + chunk].unsqueeze(-1), gi)
+            else:  # recomputed, in place
+                raw = F.linear(h, weight, bias).float()
+                if cap:
+                    th = torch.tanh(raw / cap)
+                    d = (th * cap).sub_(lse[i:i + chunk].unsqueeze(-1)).exp_()
+                else:
+                    d = raw.sub_(lse[i:i + chunk].unsqueeze(-1)).exp_()
+                d.scatter_add_(-1, targets[i:i + chunk].unsqueeze(-1),
+                               torch.full((d.shape[0], 1), -1.0, device=d.device))
+                d.mul_(gi.neg())
+                if cap:
+                    d.mul_(th.mul_(th).neg_().add_(1.0))
             dz = d.to(weight.dtype)
             if grad_h is not None:
                 torch.mm(dz, weight, out=grad_h[i:i + chunk])
