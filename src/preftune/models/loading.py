@@ -141,10 +141,12 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def is_peft(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
+    import sys
+
+    if "peft" not in sys.modules:  # no peft model can exist before peft is imported (and importing it costs ~17 MB)
         return False
+    from peft import PeftModel
+
     return isinstance(model, PeftModel)
 
 

@@ -35,10 +35,12 @@ class PolicyLogps(Forward):
 
     def __call__(self, step: MicroBatch, *, keep_states: bool = False) -> Any:
         per_token = "token_logps" in step.objective.needs
+        # the reference first: its forward's transient memory is then spent before the policy's activations are
+        # held for backward, not on top of them (online DPO on the CPU benchmark: peak RSS 624-630 -> 612-617 MB)
+        ref = step.reference.logps(step.batch, per_token=per_token) if step.reference is not None else None
         pol = sequence_logps(step.model, step.batch, per_token=per_token, chunk_size=step.chunk_size,
                              keep_states=keep_states)
         step.policy = pol
-        ref = step.reference.logps(step.batch, per_token=per_token) if step.reference is not None else None
         kind = get_kind(step.batch.kind)
         step.metrics.update(logit_metrics(pol, kind.groups(step.batch) if kind.groups else {}))
         return kind.stats(step.batch, pol, ref)
