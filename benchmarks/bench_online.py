@@ -60,6 +60,12 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _gpu_peak_mb() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+
+
 def _rss_mb() -> float:
     import psutil
 
@@ -107,7 +113,8 @@ def worker_preftune(spec: dict) -> dict:
     t0 = time.perf_counter()
     res = train_online(cfg, online, reward_functions=[even_share], callbacks=[Timer()], loss_given=True)
     return {"times": times, "rewards": [r.get("reward", float("nan")) for r in res.history],
-            "peak_rss_mb": _peak_mb(), "rss_at_start_mb": Timer.rss, "wall_s": time.perf_counter() - t0}
+            "peak_rss_mb": _peak_mb(), "rss_at_start_mb": Timer.rss, "gpu_peak_mb": _gpu_peak_mb(),
+            "wall_s": time.perf_counter() - t0}
 
 
 def worker_trl(spec: dict) -> dict:
@@ -165,7 +172,8 @@ def worker_trl(spec: dict) -> dict:
     logs = [h for h in trainer.state.log_history if "loss" in h or "reward" in h or "objective/scores" in h]
     key = "reward" if spec["algo"] == "grpo" else "objective/scores"
     return {"times": times, "rewards": [h.get(key, float("nan")) for h in logs][:spec["steps"]],
-            "peak_rss_mb": _peak_mb(), "rss_at_start_mb": Timer.rss, "wall_s": time.perf_counter() - t0}
+            "peak_rss_mb": _peak_mb(), "rss_at_start_mb": Timer.rss, "gpu_peak_mb": _gpu_peak_mb(),
+            "wall_s": time.perf_counter() - t0}
 
 
 WORKERS = {"preftune": worker_preftune, "trl": worker_trl}
@@ -180,6 +188,7 @@ def _summary(runs: list[dict]) -> dict:
     steps = [statistics.median(r["times"][1:] or r["times"]) for r in runs]
     late = [statistics.fmean(r["rewards"][len(r["rewards"]) // 2:]) for r in runs]
     return {"step_s": statistics.fmean(steps), "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "gpu_peak_mb": max(r.get("gpu_peak_mb", 0.0) for r in runs),
             "train_mb": max(r["peak_rss_mb"] - r["rss_at_start_mb"] for r in runs),
             "late_reward": statistics.fmean(late), "late_reward_sd": statistics.pstdev(late) if len(late) > 1 else 0.0,
             "first_reward": statistics.fmean(r["rewards"][0] for r in runs), "per_seed_late_reward": late}
@@ -213,22 +222,34 @@ def main(argv: list[str] | None = None) -> int:
             base = {**assets, "algo": algo, "steps": steps, "k": k, "lr": 1e-5, "beta": 0.0 if algo == "grpo" else 0.1,
                     "max_new_tokens": 32, "vocab_size": 4096, "threads": args.threads, "device": args.device,
                     "batch_size": 16 if algo == "grpo" else 8}
+            # interleaved, the order alternating with the seed (preftune, TRL, TRL, preftune, ...): a slow spell of a
+            # shared machine then falls on both libraries instead of on one
+            runs: dict[str, list[dict]] = {"preftune": [], "trl": []}
+            for s in range(seeds):
+                for lib in (("preftune", "trl") if s % 2 == 0 else ("trl", "preftune")):
+                    runs[lib].append(run_worker(lib, {**base, "seed": s, "out": str(tmp / f"{lib}-{algo}-{s}")}, tmp))
             for lib in ("preftune", "trl"):
-                runs = [run_worker(lib, {**base, "seed": s, "out": str(tmp / f"{lib}-{algo}-{s}")}, tmp)
-                        for s in range(seeds)]
-                results[(algo, lib)] = {**_summary(runs), "runs": runs}
+                results[(algo, lib)] = {**_summary(runs[lib]), "runs": runs[lib]}
             p, t = results[(algo, "preftune")], results[(algo, "trl")]
+            p["per_seed_time_ratio"] = [statistics.median(a["times"][1:] or a["times"])
+                                        / statistics.median(b["times"][1:] or b["times"])
+                                        for a, b in zip(runs["preftune"], runs["trl"])]
+            gpu = args.device != "cpu"  # then the memory that matters is the GPU's
             for lib, r in (("preftune", p), ("trl", t)):
                 rows.append([algo, lib, f"{r['step_s']:.3f}", f"{r['peak_rss_mb']:.0f}", f"{r['train_mb']:.0f}",
+                             f"{r['gpu_peak_mb']:.0f}" if gpu else "-",
                              f"{r['first_reward']:.3f}", f"{r['late_reward']:.3f} ± {r['late_reward_sd']:.3f}"])
-            rows.append([algo, "preftune / trl", f"{p['step_s'] / t['step_s']:.2f}x time",
+            per_seed = ", ".join(f"{r:.2f}" for r in p["per_seed_time_ratio"])
+            rows.append([algo, "preftune / trl", f"{p['step_s'] / t['step_s']:.2f}x time (seeds: {per_seed})",
                          f"{p['peak_rss_mb'] / t['peak_rss_mb']:.2f}x memory",
-                         f"{p['train_mb'] / max(1.0, t['train_mb']):.2f}x", "", ""])
+                         f"{p['train_mb'] / max(1.0, t['train_mb']):.2f}x",
+                         f"{p['gpu_peak_mb'] / max(1.0, t['gpu_peak_mb']):.2f}x" if gpu else "-", "", ""])
         after = busy_cores()
     print(f"model: {assets['params'] / 1e6:.1f}M parameters; {steps} steps x {seeds} seed(s); device {args.device}; "
           f"threads {args.threads}; "
           f"busy cores before/after: {before:.1f}/{after:.1f}; load average {load_average()}")
-    print(fmt_table(["algo", "library", "s / step", "peak RSS MB", "peak - RSS at train start MB", "reward step 1",
+    print(fmt_table(["algo", "library", "s / step", "peak RSS MB", "peak - RSS at train start MB", "peak GPU MB",
+                     "reward step 1",
                      "reward 2nd half (seeds)"], rows))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

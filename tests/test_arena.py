@@ -170,7 +170,7 @@ def test_cli_parses_every_option():
 @pytest.mark.slow
 def test_tiny_end_to_end_run_writes_report(tmp_path):
     out = tmp_path / "arena"
-    sft = SFTConfig(demos=200, steps=30, batch_size=32, hidden_size=32, num_layers=1, num_heads=2)
+    sft = SFTConfig(demos=200, steps=120, batch_size=32, hidden_size=32, num_layers=1, num_heads=2)
     res = run_arena(EvenTask(), objectives=["dpo", "sft"], seeds=[0], out_dir=out, cache_dir=str(tmp_path / "cache"), sft=sft,
                     train_prompts=48, steps=3, batch_size=8, eval_prompts=16, eval_samples=2, progress=False)
     assert set(res) == {"sft (reference)", "dpo", "sft"}

@@ -185,7 +185,7 @@ def sft(tmp_path_factory):
     from conftest import EvenTask
     from preftune.arena.models import SFTConfig, sft_model_dir
 
-    cfg = SFTConfig(demos=120, steps=30, batch_size=32, hidden_size=32, num_layers=1, num_heads=2)
+    cfg = SFTConfig(demos=120, steps=120, batch_size=32, hidden_size=32, num_layers=1, num_heads=2)
     path, _ = sft_model_dir(EvenTask(), 0, cfg, tmp_path_factory.mktemp("sft_cache"))
     return path
 
@@ -196,18 +196,20 @@ def test_egpo_run_on_a_tiny_model_moves_towards_the_winner_and_writes_its_run(sf
     from preftune.train import TrainConfig
 
     out = tmp_path / "egpo"
-    cfg = TrainConfig(model=str(sft), output=str(out), max_steps=6, batch_size=16, lr=4e-2, progress=False,
+    # a step size at which the move held on seeds 0-3 (p(e) 0.556 -> 0.67-0.70); at 4e-2 for 6 steps it ranged from
+    # 0.10 to 0.99 with the seed
+    cfg = TrainConfig(model=str(sft), output=str(out), max_steps=12, batch_size=16, lr=5e-3, progress=False,
                       save_every=3, seed=0, loss="egpo", tau=0.5)
     online = OnlineConfig(algo="egpo", prompts=[{"prompt": f"n {i}:"} for i in range(32)], max_new_tokens=3,
                           num_generations=2, preference_fn=f"{__file__}:prefer_e")
     before = p_e(sft)
     res = train_online(cfg, online)
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in recs] == list(range(1, 7))
+    assert [r["step"] for r in recs] == list(range(1, 13))
     assert all("loss/half" in r and r["egpo/pairs"] == 16 for r in recs)  # two gradient evaluations per step
-    assert (out / "snapshots" / "step-3" / "config.json").is_file() and (out / "final" / "config.json").is_file()
+    assert (out / "snapshots" / "step-9" / "config.json").is_file() and (out / "final" / "config.json").is_file()
     assert "egpo_pairs: policy" in (out / "config.yaml").read_text()
-    assert res.steps == 6 and len(res.history) == 6
-    assert p_e(out / "final") > before + 0.1, (before, p_e(out / "final"))  # 0.52 -> 0.71 when measured
+    assert res.steps == 12 and len(res.history) == 12
+    assert p_e(out / "final") > before + 0.08, (before, p_e(out / "final"))
     with pytest.raises(ConfigError, match="does not resume"):
         train_online(cfg.replace(resume=True), online)

@@ -8,7 +8,9 @@ probability exceeds ``u`` times the total (float64 cumulative sums). It runs as 
 documented extension point -- in *greedy* mode: it applies the sampling warpers (temperature, top-k, top-p, by
 transformers' own classes, in transformers' order), draws, and returns scores that are 0 at the drawn token and
 ``-inf`` elsewhere, so ``generate``'s argmax takes it. The distribution is exactly the one ``do_sample=True``
-samples; the individual draws for a seed differ from ``torch.multinomial``'s.
+samples; the individual draws for a seed differ from ``torch.multinomial``'s. :func:`preftune.models.generate.generate`
+uses it on CPU only: on a GPU ``torch.multinomial`` is fast and the sampler's extra kernels cost more (measured on an
+H200, docs/benchmarks.md).
 
 :func:`inverse_cdf_supported` says when the swap is exact: the model's ``generation_config`` must not ask for other
 sampling warpers (min-p, typical-p, epsilon/eta cut-offs, top-h), a watermark or renormalisation, and decoding must
