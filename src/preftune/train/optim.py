@@ -24,11 +24,25 @@ def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+def fused_ok(params: list[torch.nn.Parameter]) -> bool:
+    """Whether torch's fused AdamW kernel takes these parameters: plain (not sharded) float tensors on one CPU or CUDA
+    device. It is transformers' default optimizer on torch >= 2.8 (``adamw_torch_fused``, TRL's too) and 4-5x faster
+    than the per-tensor loop on CPU (4 vs 15-19 ms a step for a 4.5M-parameter model)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - old torch
+        return False
+    devices = {p.device.type for p in params}
+    return (bool(params) and len(devices) == 1 and devices <= {"cpu", "cuda"}
+            and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+            and not any(isinstance(p, DTensor) for p in params))
+
+
 def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, total: int) -> tuple[Any, Any]:
     """AdamW and its LambdaLR schedule (warmup, then linear/cosine/constant) over ``total`` steps."""
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, **({"fused": True} if fused_ok(params) else {}))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, warmup, total))
     return optimizer, scheduler
 
