@@ -395,3 +395,13 @@ def test_sparse_po_with_sequential_kl_trains(tiny_dir, data_file, tmp_path):
     losses = [h["loss"] for h in res.history]
     assert losses[0] == pytest.approx(math.log(2), abs=1e-5)
     assert sum(losses[-4:]) / 4 < 0.62  # it learns (0.45-0.55 measured; batches differ step to step)
+
+
+def test_fused_adamw_only_where_the_kernel_applies():
+    from preftune.train.optim import fused_ok
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    assert fused_ok([w, torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))])
+    assert not fused_ok([])
+    assert not fused_ok([w, torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))])
+    assert not fused_ok([w, torch.nn.Parameter(torch.zeros(2, device="meta"))])
