@@ -236,3 +236,25 @@ def test_label_states_are_the_states_the_log_probs_use():
     with torch.no_grad():
         kept = sequence_logps(model, batch, keep_states=True).label_states
         torch.testing.assert_close(label_states(model, batch), kept, rtol=0, atol=0)
+
+
+def test_models_naming_a_cache_implementation_encode_each_sample_prompt():
+    """transformers refuses a cache handed to generate when the checkpoint names a cache implementation (Gemma's
+    'hybrid', 'static'): such models skip the shared prompt cache and still sample."""
+    import preftune.models.generate as G
+
+    model = tiny(seed=1)
+    model.generation_config.cache_implementation = "static"
+    assert not G._can_share_prefix(model)
+    gens = generate(model, None, prompts(3, seed=2), n=2, max_new_tokens=3, batch_size=6, eos_id=EOS, pad_id=PAD)
+    assert len(gens) == 6
+
+
+def test_sharded_parameters_generate_without_inference_mode():
+    """FSDP2 (DTensor) and ZeRO-3 (ds_id) parameters gathered under inference mode could not be trained after."""
+    import preftune.models.generate as G
+
+    model = tiny(seed=1)
+    assert G._inference_mode_ok(model)
+    next(model.parameters()).ds_id = 0
+    assert not G._inference_mode_ok(model)

@@ -192,3 +192,37 @@ def test_list_kind_layouts():
     assert sorted(k.collators) == ["packed", "padded", "prefix_shared"]
     assert k.collator("auto", 0).layout == "packed"
     assert k.collator("auto", 0, device="cuda").layout == "prefix_shared"
+
+
+def test_auto_layout_keeps_long_lists_padded():
+    """Under layout auto, a batch whose lists would make one very long row (K long completions after one prompt)
+    is collated padded; short ones get the block layout; an explicit layout is taken as asked."""
+    from preftune.data.types import TokenizedRanked
+    from preftune.kinds import get_kind
+
+    k = get_kind("list")
+    short = [TokenizedRanked([5] * 44, [[6] * 32] * 4, [0.0] * 4)]
+    long = [TokenizedRanked([5] * 64, [[6] * 128] * 16, [0.0] * 16)]
+    auto = k.collator("auto", 0)
+    assert auto(short).attention_mask.dim() == 4 and auto(long).attention_mask.dim() == 2
+    assert k.collator("packed", 0)(long).attention_mask.dim() == 4
+
+
+def test_relayout_moves_generation_time_values_between_layouts(model):
+    """An online checkpoint made before lists had block layouts holds the sampler's per-token log-probs padded:
+    on resume they are moved to the current layout's positions, equal to computing them there."""
+    from preftune.data.collate import collate_ranked
+    from preftune.data.packed import collate_ranked_packed
+    from preftune.online.rollout import Entry, _relayout
+
+    ex = _lists()
+    for e in ex:
+        e.step_ids = None
+    padded, packed = collate_ranked(ex, 0), collate_ranked_packed(ex, 0)
+    with torch.no_grad():
+        want = sequence_logps(model, packed, per_token=True).token_logps
+        old = sequence_logps(model, padded, per_token=True).token_logps
+    entry = Entry(ex, {}, [], [], old, 1, {"old_values": old.clone()})
+    _relayout(entry, padded, packed)
+    torch.testing.assert_close(entry.old_token_logps, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entry.old_extras["old_values"], entry.old_token_logps, rtol=0, atol=0)

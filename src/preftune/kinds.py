@@ -46,6 +46,9 @@ class DataKind:
     groups: Callable[[Any], dict[str, Any]] | None = None  # metric name -> bool mask over the batch's sequences
     extra: dict[str, Any] = field(default_factory=dict)
     cuda_layout: str | None = None  # 'auto' on a CUDA device, where it differs from default_layout
+    # under 'auto': items -> whether the automatic block layout suits this batch; when it does not, the batch is
+    # collated padded instead (ranked lists: K long completions after one prompt make one very long row)
+    auto_block_ok: Callable[[Sequence[Any]], bool] | None = None
 
     def collator(self, layout: str, pad_id: int, device: Any = None) -> Callable[[Sequence[Any]], Any]:
         """``items -> SequenceBatch`` for ``layout`` (``'auto'``: this kind's default on ``device``). The returned
@@ -57,8 +60,12 @@ class DataKind:
             raise ConfigError(f"layout '{layout}' is not available for {self.name} data; "
                               f"choose one of {', '.join(sorted(self.collators))} (or auto)")
         fn = self.collators[name]
+        guard = self.auto_block_ok if layout == "auto" and name != "padded" and "padded" in self.collators else None
+        padded = self.collators.get("padded")
 
         def collate(items: Sequence[Any]) -> Any:
+            if guard is not None and not guard(items):
+                return padded(items, pad_id)
             return fn(items, pad_id)
 
         collate.pad_id = pad_id  # type: ignore[attr-defined]

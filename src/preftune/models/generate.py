@@ -131,6 +131,12 @@ def _can_share_prefix(model: Any) -> bool:
     cfg = getattr(base, "config", None)
     if cfg is None or getattr(cfg, "is_encoder_decoder", False) or getattr(base, "_is_stateful", False):
         return False
+    # generate refuses a cache handed to it when the checkpoint names a cache implementation (Gemma's "hybrid", ...)
+    if getattr(getattr(base, "generation_config", None), "cache_implementation", None) is not None:
+        return False
+    supports = getattr(base, "_supports_default_dynamic_cache", None)
+    if callable(supports) and not supports():
+        return False
     params = _forward_params(base)
     return "position_ids" in params and ("past_key_values" in params or "cache" in params)
 
@@ -145,10 +151,17 @@ def _shared_prefix_cache(model: Any, ids: torch.Tensor, attn: torch.Tensor, rows
     u_ids, u_attn = ids[sel, :-1], attn[sel, :-1]
     pos = u_attn.long().cumsum(-1) - 1
     pos.masked_fill_(u_attn == 0, 1)  # as generate's prepare_inputs_for_generation positions padding
+    from transformers import DynamicCache
+
     params = _forward_params(unwrap(model))
-    kw: dict[str, Any] = {"input_ids": u_ids, "attention_mask": u_attn, "position_ids": pos, "use_cache": True}
-    if "logits_to_keep" in params:
-        kw["logits_to_keep"] = 1
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    # an explicit DynamicCache: older transformers otherwise return a legacy tuple, which cannot be indexed by batch
+    kw: dict[str, Any] = {"input_ids": u_ids, "attention_mask": u_attn, "position_ids": pos, "use_cache": True,
+                          cache_kw: DynamicCache()}
+    for name in ("logits_to_keep", "num_logits_to_keep"):  # the latter before transformers 4.50
+        if name in params:
+            kw[name] = 1
+            break
     out = model(**kw)
     cache = getattr(out, "cache", None)
     if cache is None:
@@ -156,7 +169,17 @@ def _shared_prefix_cache(model: Any, ids: torch.Tensor, attn: torch.Tensor, rows
     if cache is None or not hasattr(cache, "batch_select_indices"):
         return None
     cache.batch_select_indices(torch.tensor([at[r] for r in rows], device=ids.device))
-    return ("cache" if "cache" in params else "past_key_values"), cache
+    return cache_kw, cache
+
+
+def _inference_mode_ok(model: Any) -> bool:
+    """Inference mode (cheaper than no_grad) unless parameters are sharded by FSDP2 (DTensors) or DeepSpeed ZeRO-3
+    (``ds_id``): their gathered copies made under inference mode cannot be used by the training forward after."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - old torch
+        DTensor = ()  # type: ignore[assignment]
+    return not any(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in unwrap(model).parameters())
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, n: int = 1, max_new_tokens: int,
@@ -202,7 +225,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, n:
     share = n > 1 and _can_share_prefix(model)
     from tqdm.auto import tqdm
 
-    with eval_mode(model), torch.inference_mode(), torch.random.fork_rng(devices=devices):
+    grad_off = torch.inference_mode() if _inference_mode_ok(model) else torch.no_grad()
+    with eval_mode(model), grad_off, torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for chunk in tqdm(_batches(jobs, prompts, batch_size, bucket_by_length), desc="generating",
                           disable=not progress, leave=False):

@@ -172,7 +172,8 @@ class RolloutSource(BatchSource):
         them) and a generation batch still in use -- every process's part, gathered (a collective)."""
         state: dict[str, Any] = {"epoch": self.epoch, "cursor": self.cursor, "generation": self.generation,
                                  "served": self.served * self.world, "buffer_pos": self.buffer_pos,
-                                 "skipped": dict(self.skipped), "world": self.world}
+                                 "skipped": dict(self.skipped), "world": self.world,
+                                 "layout": getattr(self.collate, "layout", None)}
         in_use = self.buffer_pos < len(self.buffer) * self.online.num_iterations  # a generation batch still in use
         if self.world > 1:
             from ..train.distributed import gather_to_main
@@ -198,6 +199,12 @@ class RolloutSource(BatchSource):
         self.skipped = {str(k): int(v) for k, v in state.get("skipped", {}).items()}
         entries = state["buffers"][self.rank] if "buffers" in state else state.get("buffer", [])
         self.buffer = [_entry_from_state(e, self.kind_name) for e in entries]
+        # per-token values kept from generation time are in the layout they were collated in: checkpoints from before
+        # lists had block layouts hold them padded
+        saved = state.get("layout") or ("padded" if self.kind_name == "list" else None)
+        if saved is not None and saved != getattr(self.collate, "layout", saved) and saved in self.kind.collators:
+            for e in self.buffer:
+                _relayout(e, self.kind.collators[saved](e.items, self.collate.pad_id), self.collate(e.items))
         self.buffer_pos = int(state["buffer_pos"]) if self.buffer else 0
         self._truncate_log(self.served // max(1, self.grad_accum))
 
@@ -460,6 +467,19 @@ class _PreferenceReward:
 
     def describe(self) -> str:
         return f"preference function {getattr(self.fn, '__name__', 'fn')}"
+
+
+def _relayout(e: Entry, old: Any, new: Any) -> None:
+    """Move an entry's per-token values ``[S, T]`` from batch ``old``'s positions to batch ``new``'s (the same items in
+    another layout: each sequence's response tokens, in order)."""
+    def move(t: torch.Tensor) -> torch.Tensor:
+        out = t.new_zeros(new.seq_mask.shape)
+        out[new.seq_mask] = t[old.seq_mask]
+        return out
+
+    if e.old_token_logps is not None:
+        e.old_token_logps = move(e.old_token_logps)
+    e.old_extras = {k: move(v) if v.dim() == 2 and v.shape == old.seq_mask.shape else v for k, v in e.old_extras.items()}
 
 
 def _entry_state(e: Entry) -> dict[str, Any]:

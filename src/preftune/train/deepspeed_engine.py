@@ -122,6 +122,14 @@ class DeepSpeedEngine(_Distributed):
         self.root = _Root(model, state)
 
     def prepare_optimizer(self, optimizer: Any, scheduler: Any) -> tuple[Any, Any]:
+        # ZeRO steps the torch optimizer over its own flat partitions, and a resume rebuilds their state here
+        # (load_optimizer_state): keep the per-tensor AdamW rather than the fused kernel, whose CUDA path expects
+        # its state where torch's own load_state_dict puts it
+        for g in optimizer.param_groups:
+            if g.get("fused"):
+                g["fused"] = False
+        if optimizer.defaults.get("fused"):
+            optimizer.defaults["fused"] = False
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.groups = optimizer.state_dict()["param_groups"]
         self.ds, zero, _, _ = self.deepspeed.initialize(
