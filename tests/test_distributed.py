@@ -144,15 +144,21 @@ def test_online_grpo_on_two_processes_samples_and_learns_as_one(work):
     (work / "reward.py").write_text("def fn(prompts, completions, **kw):\n"
                                     "    return [sum(c.isdigit() for c in t) / (1 + len(t)) for t in completions]\n")
 
-    def run(n, out):
+    def run(n, out, *extra):
         launch(n, "online", "--algo", "grpo", "--model", "model", "--prompts", "prompts.jsonl", "--reward-fn",
                "reward.py:fn", "--num-generations", "2", "--batch-size", "4", "--grad-accum", str(4 // (2 * n)),
                "--max-new-tokens", "4", "--max-steps", "3", "--lr", "1e-3", "--no-progress", "--save-every", "0",
-               "--output", out, cwd=work)
+               "--output", out, *extra, cwd=work)
 
     run(1, "grpo-one")
     run(2, "grpo-two")
     assert_same_steps(metrics(work / "grpo-one"), metrics(work / "grpo-two"), keys=("loss", "reward"))
+    # FSDP2: the first generation gathers the sharded layers inside the root's forward, outside training (it once
+    # ran under inference mode, and the training forward after it failed); step 1 samples as one process does
+    run(2, "grpo-fsdp2", "--distributed", "fsdp2")
+    sharded = metrics(work / "grpo-fsdp2")
+    assert len(sharded) == 3
+    assert_same_steps(metrics(work / "grpo-one")[:1], sharded[:1], keys=("loss", "reward"))
 
     def completions(out):
         return [(r["step"], r["prompt"], r["completion"], r["reward"])
