@@ -20,6 +20,16 @@ def arithmetic_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny models (faster than two on a loaded machine: no contention);
+    the previous setting is restored after. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A saved tiny Llama + BPE tokenizer directory (random weights)."""

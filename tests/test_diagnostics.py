@@ -17,12 +17,7 @@ from preftune.models.tiny import build_model
 V, EOS, PAD = 64, 2, 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def hand_set_model(bias: dict[int, float] | None = None, seed: int = 0):

@@ -182,12 +182,9 @@ def _loss_at(t, win, tau):
 
 @pytest.fixture(scope="module")
 def sft(tmp_path_factory):
-    from conftest import EvenTask
-    from preftune.arena.models import SFTConfig, sft_model_dir
+    from helpers.e_vs_o import even_sft
 
-    cfg = SFTConfig(demos=120, steps=120, batch_size=32, hidden_size=32, num_layers=1, num_heads=2)
-    path, _ = sft_model_dir(EvenTask(), 0, cfg, tmp_path_factory.mktemp("sft_cache"))
-    return path
+    return even_sft(tmp_path_factory, demos=120, steps=120)
 
 
 @pytest.mark.slow

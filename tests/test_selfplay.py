@@ -180,12 +180,9 @@ def test_a_preference_outside_zero_one_is_a_one_line_error():
 
 @pytest.fixture(scope="module")
 def sft(tmp_path_factory):
-    from conftest import EvenTask
-    from preftune.arena.models import SFTConfig, sft_model_dir
+    from helpers.e_vs_o import even_sft
 
-    cfg = SFTConfig(demos=200, steps=60, batch_size=32, hidden_size=32, num_layers=1, num_heads=2)
-    path, _ = sft_model_dir(EvenTask(), 0, cfg, tmp_path_factory.mktemp("sft_cache"))
-    return path
+    return even_sft(tmp_path_factory, demos=200, steps=60)
 
 
 @pytest.mark.slow

@@ -15,13 +15,7 @@ from preftune.reward.uncertainty import (bald, bt_probs, dropout_rates, majority
                                          set_dropout)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # these models are tiny: one thread is faster than two on a loaded machine (no contention); restored after
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _h(p):  # entropy of a two-class distribution (p, 1 - p), written out

@@ -23,3 +23,13 @@ def p_e(model_dir) -> float:
     with torch.no_grad():
         p = sequence_logps(model, collate_ranked(items, tok.pad_token_id)).sums.exp().view(-1, 2)
     return float((p[:, 0] / p.sum(-1)).mean())
+
+
+def even_sft(tmp_path_factory, *, demos: int, steps: int):
+    """A tiny SFT model of the 'e'/'o' task (hidden 32, one layer), built in a fresh cache directory."""
+    from conftest import EvenTask
+    from preftune.arena.models import SFTConfig, sft_model_dir
+
+    cfg = SFTConfig(demos=demos, steps=steps, batch_size=32, hidden_size=32, num_layers=1, num_heads=2)
+    path, _ = sft_model_dir(EvenTask(), 0, cfg, tmp_path_factory.mktemp("sft_cache"))
+    return path
