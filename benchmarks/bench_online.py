@@ -105,7 +105,7 @@ def worker_preftune(spec: dict) -> dict:
     cfg = TrainConfig(model=spec["policy"], output=spec["out"], max_steps=spec["steps"], batch_size=spec["batch_size"],
                       lr=spec["lr"], lr_schedule="linear", seed=spec["seed"], progress=False, save_every=0,
                       save_final=False, max_grad_norm=1.0, max_prompt_length=None, max_length=None,
-                      device=spec.get("device", "cpu"),
+                      device=spec.get("device", "cpu"), gradient_checkpointing=spec.get("gradient_checkpointing", False),
                       loss="grpo" if algo == "grpo" else "dpo", loss_params={"beta": spec["beta"]})
     online = OnlineConfig(algo=algo, prompts=spec["prompts"], num_generations=spec["k"],
                           max_new_tokens=spec["max_new_tokens"], generation_batch_size=spec["batch_size"] * spec["k"],
@@ -151,7 +151,8 @@ def worker_trl(spec: dict) -> dict:
     common = dict(output_dir=spec["out"], max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="linear",
                   warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0, logging_steps=1, save_strategy="no",
                   report_to="none", use_cpu=spec.get("device", "cpu") == "cpu", seed=spec["seed"], disable_tqdm=True, dataloader_num_workers=0,
-                  bf16=False, fp16=False, beta=spec["beta"], temperature=1.0)
+                  bf16=False, fp16=False, beta=spec["beta"], temperature=1.0,
+                  gradient_checkpointing=spec.get("gradient_checkpointing", False))
     if spec["algo"] == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
@@ -203,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--algos", default="grpo,online_dpo")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for both libraries on the GPU")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="both libraries recompute the decoder's activations in backward (memory for time)")
     ap.add_argument("--json", default=str(HERE / "results" / "online.json"))
     args = ap.parse_args(argv)
     if args.worker:
@@ -221,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             k = 4 if algo == "grpo" else 2
             base = {**assets, "algo": algo, "steps": steps, "k": k, "lr": 1e-5, "beta": 0.0 if algo == "grpo" else 0.1,
                     "max_new_tokens": 32, "vocab_size": 4096, "threads": args.threads, "device": args.device,
+                    "gradient_checkpointing": args.gradient_checkpointing,
                     "batch_size": 16 if algo == "grpo" else 8}
             # interleaved, the order alternating with the seed (preftune, TRL, TRL, preftune, ...): a slow spell of a
             # shared machine then falls on both libraries instead of on one
@@ -246,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{p['gpu_peak_mb'] / max(1.0, t['gpu_peak_mb']):.2f}x" if gpu else "-", "", ""])
         after = busy_cores()
     print(f"model: {assets['params'] / 1e6:.1f}M parameters; {steps} steps x {seeds} seed(s); device {args.device}; "
+          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; "
           f"threads {args.threads}; "
           f"busy cores before/after: {before:.1f}/{after:.1f}; load average {load_average()}")
     print(fmt_table(["algo", "library", "s / step", "peak RSS MB", "peak - RSS at train start MB", "peak GPU MB",
